@@ -1,0 +1,4 @@
+from keras_cxr.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""`keras-cxr` / `python -m keras_cxr`: a thin command line over the library API.
+
+Each verb lives in `keras_cxr/commands/<verb>.py` with `HELP`, `add_arguments(parser)` and
+`run(args)`. Those modules import nothing heavy at import time, so every `--help` returns fast;
+TensorFlow is imported inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# verb -> module under keras_cxr.commands
+VERBS = {
+    "demo": "demo",
+    "download": "download",
+    "prepare": "prepare",
+    "train": "train",
+    "export": "export",
+    "sample": "sample",
+    "train-classifier": "train_classifier",
+    "evaluate": "evaluate",
+    "compare": "compare",
+    "utility": "utility",
+}
+
+
+def _available_verbs():
+    out = {}
+    for verb, mod in VERBS.items():
+        try:
+            out[verb] = importlib.import_module(f"keras_cxr.commands.{mod}")
+        except ModuleNotFoundError as exc:  # a verb not built yet
+            if exc.name != f"keras_cxr.commands.{mod}":
+                raise
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-cxr",
+        description="Train, sample, export and evaluate generative models of chest X-rays "
+        "(NIH ChestX-ray14) with Keras 3.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, module in _available_verbs().items():
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    from keras_cxr.errors import UserError
+
+    try:
+        result = args._run(args)
+    except UserError as exc:
+        print(f"keras-cxr {args.verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"keras-cxr {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

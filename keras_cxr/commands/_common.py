@@ -1,0 +1,45 @@
+"""Options shared by every verb that reads data (one parser, not a copy per verb)."""
+
+from __future__ import annotations
+
+
+def add_data_arguments(p, *, split_default: str | None = "train") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", default=None,
+                   help="folder of PNGs (searched recursively) or prepared shards; default: $DATA, "
+                        "../shared/data/nih_sample when present, else the data home")
+    g.add_argument("--metadata", metavar="CSV", default=None,
+                   help="NIH metadata CSV (Data_Entry_2017_v2020.csv); default: found beside the data")
+    g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
+                   help=f"which patient split to use (default {split_default})")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the by-patient split (default 0)")
+    g.add_argument("--views", nargs="+", metavar="VIEW", default=None, help="keep only these views: PA AP")
+    g.add_argument("--conditions", nargs="+", metavar="FINDING", default=None,
+                   help="staged conditioning: keep these findings (and No Finding images) only")
+    g.add_argument("--max-images", type=int, default=None, help="use at most this many images")
+    g.add_argument("--allow-missing", action="store_true",
+                   help="carry on with the intersection when CSV rows have no image")
+
+
+def records_from_args(args, split=None):
+    """Records for the data options in `args` (see custom_datasets.load_records)."""
+    from custom_datasets import load_records
+
+    return load_records(
+        args.data,
+        args.metadata,
+        split=split if split is not None else args.split,
+        seed=args.split_seed,
+        views=args.views,
+        conditions=args.conditions,
+        max_images=args.max_images,
+        allow_missing=args.allow_missing,
+    )
+
+
+def print_report(records, file=None) -> None:
+    import sys
+
+    report = records.attrs.get("report", {})
+    line = ", ".join(f"{k}: {v}" for k, v in report.items())
+    print(f"data: {records.attrs.get('folder')} ({line})", file=file or sys.stderr)

@@ -1,0 +1,119 @@
+"""Training configuration: one dataclass, presets by name, `--set key=value` overrides.
+
+Every run writes its resolved config to `RUN_DIR/config.json`, so a run can be resumed or exported
+from its folder alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keras_cxr.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    model: str = "lsgan"
+    preset: str | None = None
+    run_dir: str = "runs/default"
+    # data
+    data: str | None = None
+    metadata: str | None = None
+    split_seed: int = 0
+    views: tuple = ()
+    conditions: tuple = ()
+    max_images: int | None = None
+    balance: str | None = None  # None | "findings": tf.data class balancing
+    augment: bool = False
+    # shapes and loop
+    image_size: int = 64
+    channels: int = 1
+    batch_size: int = 32
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    strategy: str = "default"  # default | mirrored | multiworker
+    sample_every: int = 1
+    jit_compile: bool = False
+    # model specifics: constructor kwargs and compile kwargs (learning rates, betas, KL weight, ...)
+    model_kwargs: dict = field(default_factory=dict)
+    compile_kwargs: dict = field(default_factory=dict)
+    # two-stage models (latent diffusion): run dir or export of the frozen autoencoder
+    autoencoder: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=list)
+
+    def save(self, path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        for key in ("views", "conditions"):
+            if key in d and d[key] is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no config.json at {path}")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is not valid JSON: {exc}") from None
+
+
+def parse_value(text: str):
+    """`--set` values: Python literals (1, 0.5, True, [1,2], None) else the raw string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: TrainConfig, pairs) -> TrainConfig:
+    """Apply `key=value` strings. Keys are TrainConfig fields, `model.X` (constructor kwarg X) or
+    `compile.X` (compile kwarg X)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key, value = key.strip(), parse_value(raw.strip())
+        if key.startswith("model."):
+            config.model_kwargs[key[6:]] = value
+        elif key.startswith("compile."):
+            config.compile_kwargs[key[8:]] = value
+        elif key in names and key not in ("model_kwargs", "compile_kwargs"):
+            setattr(config, key, tuple(value) if key in ("views", "conditions") and value else value)
+        else:
+            raise UserError(f"unknown --set key {key!r}; use a config field ({', '.join(sorted(names))}), model.X or compile.X")
+    return config
+
+
+def with_preset(config: TrainConfig, preset: dict) -> TrainConfig:
+    """Merge a preset dict (config fields, plus `model_kwargs` / `compile_kwargs` dicts) under the
+    values the user set explicitly afterwards."""
+    d = dataclasses.asdict(config)
+    for key, value in preset.items():
+        if key in ("model_kwargs", "compile_kwargs"):
+            d[key] = {**value, **d[key]}
+        else:
+            d[key] = value
+    return TrainConfig.from_dict(d)
