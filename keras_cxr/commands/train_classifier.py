@@ -1,0 +1,61 @@
+"""`keras-cxr train-classifier`: the finding classifier that evaluation uses (features + judge)."""
+
+from __future__ import annotations
+
+from keras_cxr.commands._common import add_data_arguments
+
+HELP = ("Train the 14-finding classifier on real images (training split), report per-finding AUROC "
+        "on the validation split, and export it for `keras-cxr evaluate --classifier`.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", default="default", help="classifier preset: default (small CNN, 64 px) or densenet121")
+    p.add_argument("--out", default="saved_models/classifier", metavar="DIR",
+                   help="export folder (saved_model/ with predict + features endpoints, config.json); "
+                        "default saved_models/classifier")
+    p.add_argument("--run-dir", default="runs/classifier", metavar="DIR",
+                   help="training folder: history.csv, model.keras, metrics.json (default runs/classifier)")
+    p.add_argument("--image-size", type=int, default=None, help="image size in px (preset default)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (preset default)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (preset default)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--augment", action="store_true", help="small rotations / shifts / zoom / contrast (no flips)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides: config fields, model.X (backbone, width, feature_dim, dropout, "
+                        "backbone_weights) or compile.X (learning_rate, weight_decay)")
+    add_data_arguments(p, split_default="train")
+
+
+def run(args) -> int:
+    import math
+
+    from keras_cxr.config import TrainConfig, apply_overrides, with_preset
+    from keras_cxr.errors import UserError
+    from keras_cxr.models import get_preset
+    from keras_cxr.models.classifier import train_classifier
+
+    if args.split != "train":
+        raise UserError("train-classifier always trains on the training split and validates on val; drop --split")
+    config = with_preset(TrainConfig(model="classifier"), get_preset("classifier", args.preset))
+    config.preset = args.preset
+    config.run_dir = args.run_dir
+    for field in ("data", "metadata", "split_seed", "max_images", "seed"):
+        setattr(config, field, getattr(args, field))
+    config.views = tuple(args.views or ())
+    config.conditions = tuple(args.conditions or ())
+    config.augment = bool(args.augment)
+    for field in ("image_size", "epochs", "batch_size"):
+        if getattr(args, field) is not None:
+            setattr(config, field, getattr(args, field))
+    apply_overrides(config, args.set)
+    if config.epochs < 1 or config.batch_size < 1 or config.image_size < 32:
+        raise UserError("--epochs and --batch-size must be >= 1 and --image-size >= 32")
+    info = train_classifier(config, args.out, run_dir=args.run_dir)
+    print(f"classifier exported to {args.out} (train {info['train_images']} / val {info['val_images']} images)")
+    print("validation AUROC per finding (n positives):")
+    for f, v in info["val_auroc"].items():
+        shown = "  n/a " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+        print(f"  {f:<20s} {shown}  ({info['val_positives'][f]})")
+    print(f"  mean (findings with positives): {info['val_mean_auroc']:.3f}" if info["val_mean_auroc"] is not None
+          else "  mean: n/a (no validation positives)")
+    return 0

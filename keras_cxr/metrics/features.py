@@ -1,0 +1,139 @@
+"""Feature extractors by name, for FID / KID / precision-recall / memorisation.
+
+- `"inception"`: `keras.applications.InceptionV3` (ImageNet weights, average-pooled 2048-d
+  features at 299 px). The weights are downloaded by Keras on first use; when that fails (no
+  internet) a `UserError` says so and how to pass a local weights file
+  (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`). Nothing is silently substituted.
+- `"cxr"`: the penultimate features of the project's finding classifier (an export written by
+  `keras-cxr train-classifier`: its SavedModel `features(uint8) -> float32` endpoint).
+- a path: a `.keras` feature model (fed float32 images in [0, 1], resized to its input size, gray
+  repeated to its channel count, output flattened), or a classifier export folder.
+
+An extractor is called on float32 [B, H, W, 1] batches in [0, 1] and returns float32 [B, D].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from keras_cxr.errors import UserError
+from keras_cxr.metrics._images import iter_batches, to_uint8
+
+INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+class FeatureExtractor:
+    """A named callable: float32 [B, H, W, 1] in [0, 1] -> float32 [B, D]."""
+
+    def __init__(self, name: str, fn, description: str = ""):
+        self.name = name
+        self.description = description or name
+        self._fn = fn
+
+    def __call__(self, images01) -> np.ndarray:
+        out = np.asarray(self._fn(np.asarray(images01, dtype=np.float32)), dtype=np.float64)
+        return out.reshape(len(out), -1)
+
+    def __repr__(self):
+        return f"FeatureExtractor({self.name!r})"
+
+
+def inception_extractor(weights=None) -> FeatureExtractor:
+    """InceptionV3 pool features. `weights`: None -> "imagenet" (download / Keras cache) or a local
+    .h5 path of the no-top ImageNet weights."""
+    import keras
+    import tensorflow as tf
+
+    if weights is not None and not Path(weights).is_file():
+        raise UserError(f"--inception-weights {weights}: no such file")
+    try:
+        net = keras.applications.InceptionV3(
+            include_top=False, pooling="avg", input_shape=(299, 299, 3),
+            weights=str(weights) if weights else "imagenet",
+        )
+    except Exception as exc:  # download failure (URL fetch failure) or a bad file
+        raise UserError(
+            "InceptionV3 ImageNet weights could not be loaded "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); FID/KID on 'inception' need them. "
+            f"Download {INCEPTION_NOTOP} on a machine with internet and pass --inception-weights PATH "
+            "(or put it in ~/.keras/models/), or use --features cxr"
+        ) from None
+
+    @tf.function(reduce_retracing=True)
+    def run(x):
+        x = tf.image.resize(x, (299, 299), method="bilinear", antialias=True)
+        x = tf.repeat(x, 3, axis=-1) * 2.0 - 1.0  # inception preprocess_input: [-1, 1]
+        return net(x, training=False)
+
+    return FeatureExtractor("inception", lambda x: run(tf.constant(x)).numpy(),
+                            "InceptionV3 (ImageNet) avg-pool 2048-d at 299 px")
+
+
+def classifier_extractor(path) -> FeatureExtractor:
+    """Penultimate features of a classifier export (`keras-cxr train-classifier --out PATH`)."""
+    from keras_cxr.models.classifier import load_classifier
+
+    clf = load_classifier(path)
+    return FeatureExtractor("cxr", lambda x: clf.features(to_uint8(x)),
+                            f"CXR finding classifier penultimate features ({clf.path.name}, {clf.feature_dim}-d)")
+
+
+def keras_model_extractor(path) -> FeatureExtractor:
+    import keras
+    import tensorflow as tf
+
+    path = Path(path)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise UserError(f"--features {path}: cannot load as a Keras model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]})") from None
+    shape = model.inputs[0].shape
+    if len(shape) != 4:
+        raise UserError(f"--features {path}: expected an image model with input [B, H, W, C], got {shape}")
+    h, w, c = shape[1], shape[2], shape[3]
+
+    def run(x):
+        x = tf.constant(x)
+        if h is not None and w is not None and (x.shape[1] != h or x.shape[2] != w):
+            x = tf.image.resize(x, (h, w), method="bilinear", antialias=True)
+        if c and c != 1:
+            x = tf.repeat(x, c, axis=-1)
+        return keras.ops.convert_to_numpy(model(x, training=False))
+
+    return FeatureExtractor(path.name, run, f"Keras feature model {path}")
+
+
+def get_extractor(spec, *, classifier=None, inception_weights=None) -> FeatureExtractor:
+    """An extractor from a name ("inception", "cxr"), a path, or an existing extractor / callable.
+
+    "cxr" needs `classifier` (a classifier export folder)."""
+    if isinstance(spec, FeatureExtractor):
+        return spec
+    if callable(spec):
+        return FeatureExtractor(getattr(spec, "name", type(spec).__name__), spec)
+    spec = str(spec)
+    if spec == "inception":
+        return inception_extractor(inception_weights)
+    if spec == "cxr":
+        if classifier is None:
+            raise UserError("--features cxr needs a finding classifier: pass --classifier saved_models/CLS "
+                            "(train one with `keras-cxr train-classifier --out saved_models/CLS`)")
+        return classifier_extractor(classifier)
+    path = Path(spec)
+    if path.is_dir() and (path / "saved_model").is_dir():
+        return classifier_extractor(path)
+    if path.suffix == ".keras" and path.is_file():
+        return keras_model_extractor(path)
+    raise UserError(f"--features {spec}: use 'cxr', 'inception', a .keras feature model or a classifier export folder")
+
+
+def extract_features(images, extractor, batch_size: int = 64, value_range=None) -> np.ndarray:
+    """Features of a whole image set (array or iterable of batches), streamed in batches."""
+    extractor = get_extractor(extractor)
+    parts = [extractor(b) for b in iter_batches(images, batch_size, value_range)]
+    if not parts:
+        raise UserError("empty image set: no features to extract")
+    return np.concatenate(parts, axis=0)
