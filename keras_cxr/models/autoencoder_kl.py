@@ -1,0 +1,312 @@
+"""KL autoencoder with a SPATIAL latent (the first stage of latent diffusion; Rombach et al. 2022).
+
+    x [S,S,C] in [0,1]  --encoder-->  (mean, log_var) [S/f, S/f, 4]  --z-->  decoder  -->  x_hat in [0,1]
+
+f = 2^(len(widths)-1): the default widths (32, 64, 128) give f = 4, i.e. a 16x16x4 latent at 64 px
+(1024 numbers for 4096 pixels): spatial structure stays in the latent, unlike a flat VAE code.
+
+Loss per image (averaged over the batch):
+    L = sum_pixels |x - x_hat|  +  kl_weight * KL(q(z|x) || N(0, I))   (KL summed over the latent)
+(`recon="l2"` uses sum_pixels (x - x_hat)^2 instead.) The L1 term is the Laplace negative
+log-likelihood with scale 1 up to a constant. The default kl_weight = 1e-6 is the value of the
+reference KL-f4 autoencoder: the KL only keeps the latent from drifting, the autoencoder is tuned for
+sharp reconstructions, and the diffusion stage rescales the latent to unit variance. Sampling the
+N(0, I) prior directly (`generate`) is therefore a weak "spatial-latent VAE" baseline; raise
+kl_weight (e.g. 1e-3..1e-2) for a better prior at the cost of blur.
+
+Optional adversarial term (`adversarial_weight > 0`, off by default): a PatchGAN discriminator with
+hinge loss, switched on after `disc_start` train steps; one optimizer updates both networks.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from keras_cxr.losses import gaussian_kl
+from keras_cxr.unet import ResidualBlock, _groups
+
+
+def l1_reconstruction(x, x_hat):
+    """sum_pixels |x - x_hat| -> [B]."""
+    return ops.sum(ops.reshape(ops.abs(x - x_hat), (ops.shape(x)[0], -1)), axis=-1)
+
+
+def l2_reconstruction(x, x_hat):
+    """sum_pixels (x - x_hat)^2 -> [B]."""
+    return ops.sum(ops.reshape(ops.square(x - x_hat), (ops.shape(x)[0], -1)), axis=-1)
+
+
+def spatial_gaussian_kl(mean, log_var):
+    """KL(N(mean, exp(log_var)) || N(0, I)) summed over all latent positions and channels -> [B]."""
+    b = ops.shape(mean)[0]
+    return gaussian_kl(ops.reshape(mean, (b, -1)), ops.reshape(log_var, (b, -1)))
+
+
+def build_encoder(image_size, channels, widths, num_res_blocks, latent_channels, name="encoder"):
+    x_in = keras.Input((image_size, image_size, channels), name="images")
+    h = layers.Conv2D(widths[0], 3, padding="same", name="stem")(x_in)
+    for level, width in enumerate(widths):
+        for i in range(num_res_blocks):
+            h = ResidualBlock(width, name=f"down{level}_res{i}")(h)
+        if level < len(widths) - 1:
+            h = layers.Conv2D(width, 3, strides=2, padding="same", name=f"down{level}_pool")(h)
+    h = ResidualBlock(widths[-1], name="mid_res")(h)
+    h = layers.Activation("silu")(layers.GroupNormalization(_groups(widths[-1]), name="out_norm")(h))
+    moments = layers.Conv2D(2 * latent_channels, 3, padding="same", name="moments")(h)
+    return keras.Model(x_in, moments, name=name)
+
+
+def build_decoder(latent_shape, channels, widths, num_res_blocks, name="decoder"):
+    z_in = keras.Input(latent_shape, name="z")
+    h = layers.Conv2D(widths[-1], 3, padding="same", name="stem")(z_in)
+    h = ResidualBlock(widths[-1], name="mid_res")(h)
+    for level in reversed(range(len(widths))):
+        for i in range(num_res_blocks):
+            h = ResidualBlock(widths[level], name=f"up{level}_res{i}")(h)
+        if level > 0:
+            h = layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}_up")(h)
+            h = layers.Conv2D(widths[level - 1], 3, padding="same", name=f"up{level}_conv")(h)
+    h = layers.Activation("silu")(layers.GroupNormalization(_groups(widths[0]), name="out_norm")(h))
+    out = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="images")(h)
+    return keras.Model(z_in, out, name=name)
+
+
+def build_patch_discriminator(image_size, channels, width=32, name="patch_discriminator"):
+    """PatchGAN: three stride-2 convs -> one logit per patch."""
+    x_in = keras.Input((image_size, image_size, channels))
+    h = x_in
+    for i, w in enumerate((width, width * 2, width * 4)):
+        h = layers.Conv2D(w, 4, strides=2, padding="same", name=f"conv{i}")(h)
+        h = layers.LeakyReLU(0.2)(h)
+    out = layers.Conv2D(1, 3, padding="same", name="logits")(h)
+    return keras.Model(x_in, out, name=name)
+
+
+@keras.saving.register_keras_serializable(package="keras_cxr")
+class AutoencoderKL(keras.Model):
+    data_range = "sigmoid"
+    supports_guidance = False
+
+    def __init__(
+        self,
+        image_size=64,
+        channels=1,
+        conditional=False,
+        num_classes=14,
+        widths=(32, 64, 128),
+        num_res_blocks=1,
+        latent_channels=4,
+        kl_weight=1e-6,
+        recon="l1",
+        adversarial_weight=0.0,
+        disc_start=0,
+        disc_width=32,
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if recon not in ("l1", "l2"):
+            raise ValueError(f"recon must be 'l1' or 'l2', got {recon!r}")
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.conditional = bool(conditional)  # the autoencoder itself ignores labels
+        self.num_classes = int(num_classes)
+        self.widths = tuple(int(w) for w in widths)
+        self.num_res_blocks = int(num_res_blocks)
+        self.latent_channels = int(latent_channels)
+        self.kl_weight = float(kl_weight)
+        self.recon = recon
+        self.adversarial_weight = float(adversarial_weight)
+        self.disc_start = int(disc_start)
+        self.disc_width = int(disc_width)
+        self.seed = int(seed)
+        factor = 2 ** (len(self.widths) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size {image_size} is not divisible by the downsampling factor {factor}")
+        self.encoder = build_encoder(self.image_size, self.channels, self.widths, self.num_res_blocks, self.latent_channels)
+        self.decoder = build_decoder(self.latent_shape, self.channels, self.widths, self.num_res_blocks)
+        self.discriminator = (
+            build_patch_discriminator(self.image_size, self.channels, self.disc_width) if self.adversarial_weight > 0 else None
+        )
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.recon_tracker = keras.metrics.Mean(name="recon_loss")
+        self.kl_tracker = keras.metrics.Mean(name="kl_loss")
+        self.mae_tracker = keras.metrics.Mean(name="mae")
+        self.d_tracker = keras.metrics.Mean(name="d_loss")
+        self.g_tracker = keras.metrics.Mean(name="g_loss")
+        self.built = True
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def latent_shape(self):
+        s = self.image_size // 2 ** (len(self.widths) - 1)
+        return (s, s, self.latent_channels)
+
+    @property
+    def noise_shape(self):
+        return self.latent_shape
+
+    def encode_moments(self, images, training=False):
+        moments = self.encoder(images, training=training)
+        mean, log_var = ops.split(moments, 2, axis=-1)
+        return mean, ops.clip(log_var, -30.0, 20.0)
+
+    def encode(self, images, training=False):
+        """Posterior mean (deterministic)."""
+        return self.encode_moments(images, training=training)[0]
+
+    def decode(self, z, training=False):
+        return self.decoder(z, training=training)
+
+    def reconstruct(self, images, training=False):
+        return self.decode(self.encode(images), training=training)
+
+    def generate(self, noise, labels=None, training=False):
+        """Decode a prior sample z = noise ~ N(0, I) (labels are ignored)."""
+        return self.decode(noise, training=training)
+
+    def call(self, images, training=False):
+        return self.reconstruct(images, training=training)
+
+    # ------------------------------------------------------------------ training
+    @property
+    def metrics(self):
+        out = [self.loss_tracker, self.recon_tracker, self.kl_tracker, self.mae_tracker]
+        if self.discriminator is not None:
+            out += [self.d_tracker, self.g_tracker]
+        return out
+
+    def _losses_for(self, x, training):
+        mean, log_var = self.encode_moments(x, training=training)
+        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        z = mean + ops.exp(0.5 * log_var) * eps
+        x_hat = self.decode(z, training=training)
+        rec_fn = l1_reconstruction if self.recon == "l1" else l2_reconstruction
+        rec = ops.mean(rec_fn(x, x_hat))
+        kl = ops.mean(spatial_gaussian_kl(mean, log_var))
+        return x_hat, rec, kl
+
+    def _update(self, x, rec, kl, loss, x_hat, d_loss=None, g_loss=None):
+        self.loss_tracker.update_state(loss)
+        self.recon_tracker.update_state(rec)
+        self.kl_tracker.update_state(kl)
+        self.mae_tracker.update_state(ops.mean(ops.abs(x - x_hat)))
+        if d_loss is not None:
+            self.d_tracker.update_state(d_loss)
+            self.g_tracker.update_state(g_loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        ae_vars = self.encoder.trainable_variables + self.decoder.trainable_variables
+        with tf.GradientTape(persistent=self.discriminator is not None) as tape:
+            x_hat, rec, kl = self._losses_for(x, training=True)
+            loss = rec + self.kl_weight * kl
+            if self.discriminator is not None:
+                on = ops.cast(self.optimizer.iterations >= self.disc_start, "float32")
+                fake_logits = self.discriminator(x_hat, training=True)
+                real_logits = self.discriminator(x, training=True)
+                # hinge losses; the generator term is summed over patches like the reconstruction
+                g_loss = -ops.mean(ops.sum(ops.reshape(fake_logits, (ops.shape(x)[0], -1)), axis=-1))
+                d_loss = 0.5 * (
+                    ops.mean(ops.relu(1.0 - real_logits))
+                    + ops.mean(ops.relu(1.0 + self.discriminator(ops.stop_gradient(x_hat), training=True)))
+                )
+                loss = loss + on * self.adversarial_weight * g_loss
+        grads = tape.gradient(loss, ae_vars)
+        if self.discriminator is not None:
+            d_vars = self.discriminator.trainable_variables
+            d_grads = [on * g for g in tape.gradient(d_loss, d_vars)]
+            del tape
+            self.optimizer.apply_gradients(zip(grads + d_grads, ae_vars + d_vars))
+            return self._update(x, rec, kl, loss, x_hat, d_loss, g_loss)
+        self.optimizer.apply_gradients(zip(grads, ae_vars))
+        return self._update(x, rec, kl, loss, x_hat)
+
+    def test_step(self, data):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        x_hat, rec, kl = self._losses_for(x, training=False)
+        logs = self._update(x, rec, kl, rec + self.kl_weight * kl, x_hat)
+        return {k: v for k, v in logs.items() if k not in ("d_loss", "g_loss")}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "conditional": self.conditional,
+            "num_classes": self.num_classes,
+            "widths": list(self.widths),
+            "num_res_blocks": self.num_res_blocks,
+            "latent_channels": self.latent_channels,
+            "kl_weight": self.kl_weight,
+            "recon": self.recon,
+            "adversarial_weight": self.adversarial_weight,
+            "disc_start": self.disc_start,
+            "disc_width": self.disc_width,
+            "seed": self.seed,
+        }
+
+
+PRESETS = {
+    # CPU-sized: 64 px, 16x16x4 latent, ~10 minutes on the 500-image sample with 2 (shared) cores.
+    "default": {
+        "image_size": 64,
+        "batch_size": 16,
+        "epochs": 15,
+        "sample_every": 5,
+        "model_kwargs": {"widths": [16, 32, 64], "num_res_blocks": 1, "latent_channels": 4, "kl_weight": 1e-6},
+        "compile_kwargs": {"learning_rate": 1e-3},
+    },
+    # tiny: tests and smoke runs
+    "tiny": {
+        "image_size": 64,
+        "batch_size": 8,
+        "epochs": 1,
+        "model_kwargs": {"widths": [8, 16, 16], "num_res_blocks": 1},
+        "compile_kwargs": {"learning_rate": 1e-3},
+    },
+    # 128 px, 32x32x4 latent, with the patch discriminator; for GPUs.
+    "gpu-128": {
+        "image_size": 128,
+        "batch_size": 32,
+        "epochs": 100,
+        "model_kwargs": {"widths": [64, 128, 256], "num_res_blocks": 2, "adversarial_weight": 0.1, "disc_start": 5000},
+        "compile_kwargs": {"learning_rate": 2e-4},
+    },
+}
+
+
+def make_optimizer(compile_kwargs: dict):
+    """Adam from compile kwargs: learning_rate, beta_1, beta_2, weight_decay (AdamW when > 0), clipnorm."""
+    kw = dict(compile_kwargs or {})
+    lr = float(kw.pop("learning_rate", 2e-4))
+    beta_1 = float(kw.pop("beta_1", 0.9))
+    beta_2 = float(kw.pop("beta_2", 0.999))
+    wd = float(kw.pop("weight_decay", 0.0))
+    clipnorm = kw.pop("clipnorm", None)
+    kw.pop("jit_compile", None)
+    if kw:
+        from keras_cxr.errors import UserError
+
+        raise UserError(f"unknown compile option(s) {sorted(kw)}; known: learning_rate, beta_1, beta_2, weight_decay, clipnorm")
+    cls = keras.optimizers.AdamW if wd > 0 else keras.optimizers.Adam
+    extra = {"weight_decay": wd} if wd > 0 else {}
+    return cls(learning_rate=lr, beta_1=beta_1, beta_2=beta_2, clipnorm=clipnorm, **extra)
+
+
+def build_model(config) -> AutoencoderKL:
+    kwargs = dict(config.model_kwargs or {})
+    kwargs.setdefault("image_size", config.image_size)
+    kwargs.setdefault("channels", config.channels)
+    try:
+        model = AutoencoderKL(**kwargs)
+    except (TypeError, ValueError) as exc:
+        from keras_cxr.errors import UserError
+
+        raise UserError(f"autoencoder-kl model options {kwargs}: {exc}") from None
+    model.compile(optimizer=make_optimizer(config.compile_kwargs), jit_compile=bool(getattr(config, "jit_compile", False)))
+    return model

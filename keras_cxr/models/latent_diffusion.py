@@ -1,0 +1,494 @@
+"""Latent diffusion (Rombach et al. 2022) on the spatial latent of a frozen `AutoencoderKL`.
+
+Stage 1 (`keras-cxr train --model autoencoder-kl`) learns x <-> z (16x16x4 at 64 px).
+Stage 2 (`keras-cxr train --model ldm --autoencoder runs/AE`) trains a U-Net denoiser on
+z * latent_scale, where latent_scale = 1 / std(z) is measured once on the training latents (so the
+diffusion runs on unit-variance data) and stored both in the model weights and in the run config
+(`model_kwargs.latent_scale`).
+
+Training (DDPM objective, "simple" loss):   t ~ U{0..T-1}, eps ~ N(0, I),
+    z_t = sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps,   loss = mean || f(z_t, t, y) - target ||^2
+with target eps or v = sqrt(ab_t) eps - sqrt(1 - ab_t) z_0 (default: v-prediction, cosine schedule).
+Classifier-free guidance: with probability `label_dropout` a training example's labels are replaced
+by a learned null token; at sampling
+    f_guided = f(z_t, t, null) + guidance * (f(z_t, t, y) - f(z_t, t, null))
+so guidance = 0 is the unconditional model, 1 the plain conditional one, > 1 sharpens label fidelity.
+An exponential moving average (EMA) of the denoiser weights is kept and used for sampling.
+
+Sampling: `generate(noise=z_T, labels, guidance, steps)` runs deterministic DDIM (eta = 0) inside
+one `tf.while_loop`, divides by latent_scale and decodes with the frozen decoder: images in [0, 1].
+Exported SavedModels therefore contain the whole loop and the decoder.
+
+The model holds a full copy of the frozen autoencoder (its config is nested in this model's config,
+its weights are saved in this model's .keras), so a saved LDM needs nothing else to sample.
+
+Latent caching: the training system calls `make_train_dataset(config, records, model)` (defined
+below): the training images are encoded ONCE with the frozen encoder and the posterior moments
+(mean and log-variance, so each epoch can draw a fresh posterior sample z = mean + std * eps, as
+the reference implementation does) and labels are cached to RUN_DIR/latent_cache.npz; training then
+reads the cache. Augmentation is not applied to cached latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_cxr import diffusion
+from keras_cxr.models.autoencoder_kl import AutoencoderKL, make_optimizer
+from keras_cxr.unet import build_unet
+
+
+@keras.saving.register_keras_serializable(package="keras_cxr")
+class LatentDiffusion(keras.Model):
+    data_range = "sigmoid"  # the autoencoder's
+    supports_guidance = True
+
+    def __init__(
+        self,
+        image_size=64,
+        channels=1,
+        conditional=True,
+        num_classes=14,
+        autoencoder=None,
+        latent_scale=0.0,
+        widths=(64, 128, 128),
+        num_res_blocks=2,
+        attention=True,
+        num_heads=4,
+        dropout=0.0,
+        timesteps=1000,
+        schedule="cosine",
+        prediction="v",
+        label_dropout=0.1,
+        ema_decay=0.999,
+        sampling_steps=25,
+        guidance=2.0,
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if schedule not in diffusion.SCHEDULES:
+            raise ValueError(f"schedule must be one of {diffusion.SCHEDULES}, got {schedule!r}")
+        if prediction not in diffusion.PREDICTIONS:
+            raise ValueError(f"prediction must be one of {diffusion.PREDICTIONS}, got {prediction!r}")
+        ae_config = dict(autoencoder or {"image_size": image_size, "channels": channels})
+        if "class_name" in ae_config and "config" in ae_config:  # a full serialized object
+            ae_config = dict(ae_config["config"])
+        ae_config.setdefault("name", "autoencoder")
+        ae_config.pop("trainable", None)  # frozen below; a constructor flag would not reach sublayers
+        self.autoencoder = AutoencoderKL(**ae_config)
+        self.autoencoder.trainable = False
+        self.image_size = self.autoencoder.image_size
+        self.channels = self.autoencoder.channels
+        self.conditional = bool(conditional) and int(num_classes) > 0
+        self.num_classes = int(num_classes)
+        self.widths = tuple(int(w) for w in widths)
+        self.num_res_blocks = int(num_res_blocks)
+        self.attention = bool(attention)
+        self.num_heads = int(num_heads)
+        self.dropout = float(dropout)
+        self.timesteps = int(timesteps)
+        self.schedule = schedule
+        self.prediction = prediction
+        self.label_dropout = float(label_dropout)
+        self.ema_decay = float(ema_decay)
+        self.sampling_steps = int(sampling_steps)
+        self.guidance = float(guidance)
+        self.seed = int(seed)
+        self._alpha_bar = diffusion.alphas_cumprod(diffusion.make_betas(schedule, self.timesteps)).astype("float32")
+        net_kwargs = dict(
+            widths=self.widths,
+            num_res_blocks=self.num_res_blocks,
+            attention=self.attention,
+            num_heads=self.num_heads,
+            num_classes=self.num_classes if self.conditional else 0,
+            dropout=self.dropout,
+        )
+        self.denoiser = build_unet(self.noise_shape, name="denoiser", **net_kwargs)
+        self.ema_denoiser = build_unet(self.noise_shape, name="ema_denoiser", **net_kwargs)
+        self.ema_denoiser.set_weights(self.denoiser.get_weights())
+        self.ema_denoiser.trainable = False
+        self.latent_scale = self.add_weight(
+            name="latent_scale", shape=(), initializer=keras.initializers.Constant(float(latent_scale)), trainable=False
+        )
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.ema_loss_tracker = keras.metrics.Mean(name="ema_loss")
+        self.built = True
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def noise_shape(self):
+        return self.autoencoder.latent_shape
+
+    @property
+    def alpha_bar(self):
+        return tf.constant(self._alpha_bar)
+
+    def set_latent_scale(self, value: float):
+        self.latent_scale.assign(float(value))
+
+    def _scale(self):
+        # an unset scale (0) means "not measured yet": use 1 rather than divide by zero
+        s = ops.convert_to_tensor(self.latent_scale)
+        return ops.where(s > 0, s, ops.ones_like(s))
+
+    def predict_noise(self, z_t, t, labels=None, guidance=1.0, ema=True, training=False):
+        """Denoiser output (eps or v) with classifier-free guidance.
+
+        labels None -> unconditional (null token); otherwise uncond + guidance * (cond - uncond).
+        """
+        net = self.ema_denoiser if ema else self.denoiser
+        z_t = ops.convert_to_tensor(z_t, "float32")
+        t = ops.cast(t, "int32")
+        if not self.conditional:
+            return net([z_t, t], training=training)
+        b = ops.shape(z_t)[0]
+        zeros_y = ops.zeros((b, self.num_classes), z_t.dtype)
+        if labels is None:
+            return net([z_t, t, zeros_y, ops.zeros((b, 1), z_t.dtype)], training=training)
+        labels = ops.cast(labels, z_t.dtype)
+        both = net(
+            [
+                ops.concatenate([z_t, z_t], 0),
+                ops.concatenate([t, t], 0),
+                ops.concatenate([labels, zeros_y], 0),
+                ops.concatenate([ops.ones((b, 1), z_t.dtype), ops.zeros((b, 1), z_t.dtype)], 0),
+            ],
+            training=training,
+        )
+        cond, uncond = both[:b], both[b:]
+        return uncond + ops.cast(guidance, z_t.dtype) * (cond - uncond)
+
+    def sample_latents(self, noise, labels=None, guidance=None, steps=None, eta=0.0, seed=None):
+        """DDIM from z_T = noise to scaled z_0 (one tf.while_loop)."""
+        guidance = self.guidance if guidance is None else guidance
+        steps = self.sampling_steps if steps is None else steps
+        noise = tf.convert_to_tensor(noise, tf.float32)
+        if labels is not None:
+            labels = tf.convert_to_tensor(labels, tf.float32)
+
+        def denoise(z_t, t):
+            return self.predict_noise(z_t, t, labels, guidance)
+
+        return diffusion.ddim_sample(denoise, noise, self.alpha_bar, steps, self.prediction, eta=eta, seed=seed)
+
+    def _generate_graph(self, noise, labels, guidance, steps):
+        z0 = self.sample_latents(noise, labels, guidance, steps)
+        return self.autoencoder.decode(z0 / self._scale())
+
+    def generate(self, noise, labels=None, training=False, guidance=None, steps=None):
+        """Images in [0, 1] from z_T = noise (deterministic DDIM, eta = 0). labels: f32 [B, K] or None
+        (unconditional); guidance: CFG scale (default `self.guidance`); steps: DDIM steps."""
+        guidance = tf.cast(self.guidance if guidance is None else guidance, tf.float32)
+        steps = tf.cast(self.sampling_steps if steps is None else steps, tf.int32)
+        if labels is not None and not self.conditional:
+            labels = None
+        if not tf.executing_eagerly():
+            return self._generate_graph(noise, labels, guidance, steps)
+        fn = self.__dict__.get("_generate_fn")
+        if fn is None:  # bypass Keras attribute tracking for the cached tf.function
+            fn = tf.function(self._generate_graph, reduce_retracing=True)
+            object.__setattr__(self, "_generate_fn", fn)
+        noise = tf.convert_to_tensor(noise, tf.float32)
+        if labels is not None:
+            labels = tf.convert_to_tensor(labels, tf.float32)
+        return fn(noise, labels, guidance, steps)
+
+    def decode(self, z):
+        """Unscaled latents -> images (the frozen decoder)."""
+        return self.autoencoder.decode(z)
+
+    def encode(self, images):
+        """Images -> unscaled posterior-mean latents (the frozen encoder)."""
+        return self.autoencoder.encode(images)
+
+    def call(self, noise, labels=None, training=False):
+        return self.generate(noise, labels)
+
+    # ------------------------------------------------------------------ training
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.ema_loss_tracker]
+
+    def latents_from_batch(self, x):
+        """z_0 (unscaled posterior sample) from images, cached moments [h,w,2c] or latents [h,w,c]."""
+        h, w, c = self.noise_shape
+        if tuple(x.shape[1:]) == (h, w, c):
+            return x
+        if tuple(x.shape[1:]) == (h, w, 2 * c):
+            mean, log_var = ops.split(x, 2, axis=-1)
+        else:
+            mean, log_var = self.autoencoder.encode_moments(x, training=False)
+        eps = keras.random.normal(ops.shape(mean), seed=self.seed_generator)
+        return mean + ops.exp(0.5 * log_var) * eps
+
+    def _diffusion_inputs(self, data):
+        if isinstance(data, (tuple, list)):
+            x, y = data[0], (data[1] if len(data) > 1 else None)
+        else:
+            x, y = data, None
+        z0 = ops.stop_gradient(self.latents_from_batch(x)) * self._scale()
+        b = ops.shape(z0)[0]
+        t = keras.random.randint((b,), 0, self.timesteps, dtype="int32", seed=self.seed_generator)
+        noise = keras.random.normal(ops.shape(z0), seed=self.seed_generator)
+        z_t = diffusion.q_sample(z0, t, noise, self.alpha_bar)
+        target = diffusion.training_target(z0, noise, self.alpha_bar, t, self.prediction)
+        inputs = [z_t, t]
+        if self.conditional:
+            if y is None:
+                y = ops.zeros((b, self.num_classes), z0.dtype)
+                mask = ops.zeros((b, 1), z0.dtype)
+            else:
+                keep = keras.random.uniform((b, 1), seed=self.seed_generator) >= self.label_dropout
+                mask = ops.cast(keep, z0.dtype)
+            inputs += [ops.cast(y, z0.dtype), mask]
+        return inputs, target
+
+    def train_step(self, data):
+        inputs, target = self._diffusion_inputs(data)
+        variables = self.denoiser.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = diffusion.diffusion_loss(self.denoiser(inputs, training=True), target)
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        # EMA with the usual warm-up: decay_eff = min(decay, (1 + n) / (10 + n))
+        n = ops.cast(self.optimizer.iterations, "float32")
+        decay = ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
+        for w, e in zip(self.denoiser.weights, self.ema_denoiser.weights):
+            e.assign(decay * e + (1.0 - decay) * w)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        inputs, target = self._diffusion_inputs(data)
+        self.loss_tracker.update_state(diffusion.diffusion_loss(self.denoiser(inputs), target))
+        self.ema_loss_tracker.update_state(diffusion.diffusion_loss(self.ema_denoiser(inputs), target))
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        ae = self.autoencoder.get_config()
+        return {
+            **super().get_config(),
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "conditional": self.conditional,
+            "num_classes": self.num_classes,
+            "autoencoder": ae,
+            "latent_scale": float(keras.ops.convert_to_numpy(self.latent_scale)),
+            "widths": list(self.widths),
+            "num_res_blocks": self.num_res_blocks,
+            "attention": self.attention,
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+            "timesteps": self.timesteps,
+            "schedule": self.schedule,
+            "prediction": self.prediction,
+            "label_dropout": self.label_dropout,
+            "ema_decay": self.ema_decay,
+            "sampling_steps": self.sampling_steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+        }
+
+
+PRESETS = {
+    # CPU-sized: 64 px (16x16x4 latents of the autoencoder-kl "default" preset), 500-image sample,
+    # ~15 minutes on 2 shared CPU cores. Sample grids only at the end (a conditional grid is 15 rows
+    # x 8 images x 2 guidance branches x DDIM steps of U-Net calls).
+    "default": {
+        "image_size": 64,
+        "batch_size": 32,
+        "epochs": 30,
+        "sample_every": 30,
+        "model_kwargs": {
+            "widths": [64, 96, 128],
+            "num_res_blocks": 1,
+            "attention": True,
+            "schedule": "cosine",
+            "prediction": "v",
+            "label_dropout": 0.1,
+            "ema_decay": 0.995,
+            "sampling_steps": 25,
+            "guidance": 2.0,
+        },
+        "compile_kwargs": {"learning_rate": 5e-4},
+    },
+    "tiny": {
+        "image_size": 64,
+        "batch_size": 8,
+        "epochs": 1,
+        "model_kwargs": {"widths": [16, 32], "num_res_blocks": 1, "sampling_steps": 5},
+        "compile_kwargs": {"learning_rate": 1e-3},
+    },
+    "gpu-128": {
+        "image_size": 128,
+        "batch_size": 64,
+        "epochs": 300,
+        "model_kwargs": {"widths": [128, 256, 256, 384], "num_res_blocks": 2, "ema_decay": 0.9999, "dropout": 0.1},
+        "compile_kwargs": {"learning_rate": 1e-4},
+    },
+}
+
+
+# ---------------------------------------------------------------------------- building
+def find_autoencoder_file(path) -> Path:
+    """`runs/AE`, `saved_models/AE` (folders holding model.keras) or a .keras file."""
+    from keras_cxr.errors import UserError
+
+    if not path:
+        raise UserError("the ldm model needs --autoencoder PATH: a trained autoencoder-kl run dir or export")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "model.keras"
+    if not p.is_file():
+        raise UserError(f"--autoencoder {path}: no model.keras there (train one with `keras-cxr train --model autoencoder-kl`)")
+    return p
+
+
+def load_autoencoder(path) -> AutoencoderKL:
+    from keras_cxr.errors import UserError
+
+    file = find_autoencoder_file(path)
+    try:
+        ae = keras.saving.load_model(file, compile=False)
+    except Exception as exc:  # noqa: BLE001 - any load failure is the user's file
+        raise UserError(f"--autoencoder {path}: cannot load {file}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(ae, AutoencoderKL):
+        raise UserError(f"--autoencoder {path}: {file} holds a {type(ae).__name__}, not an autoencoder-kl model")
+    return ae
+
+
+def build_model(config) -> LatentDiffusion:
+    from keras_cxr.errors import UserError
+
+    kwargs = dict(config.model_kwargs or {})
+    ae = load_autoencoder(config.autoencoder or kwargs.pop("autoencoder_path", None))
+    if config.image_size != ae.image_size or config.channels != ae.channels:
+        raise UserError(
+            f"--autoencoder {config.autoencoder} was trained at {ae.image_size} px x {ae.channels} ch; "
+            f"this run asks for {config.image_size} px x {config.channels} ch (pass --image-size {ae.image_size})"
+        )
+    kwargs["autoencoder"] = ae.get_config()
+    kwargs["image_size"], kwargs["channels"] = ae.image_size, ae.channels
+    try:
+        model = LatentDiffusion(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"ldm model options: {exc}") from None
+    model.autoencoder.set_weights(ae.get_weights())
+    model.compile(optimizer=make_optimizer(config.compile_kwargs), jit_compile=bool(getattr(config, "jit_compile", False)))
+    return model
+
+
+# ---------------------------------------------------------------------------- latent caching
+def _fingerprint(records, model) -> str:
+    h = hashlib.sha1()
+    h.update(f"{model.image_size}x{model.channels}".encode())
+    for p in sorted(records["path"].astype(str)):
+        h.update(p.encode())
+    for w in model.autoencoder.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def encode_records(model, records, batch_size=64):
+    """Posterior moments [N, h, w, 2c] (mean | log_var) and labels [N, K] of `records`."""
+    from custom_datasets.pipeline import make_dataset
+
+    ds = make_dataset(
+        records, image_size=model.image_size, channels=model.channels, normalization=model.data_range,
+        batch_size=batch_size, shuffle=False, with_labels=True, deterministic=True,
+    )
+    encoder = tf.function(lambda x: model.autoencoder.encoder(x, training=False))
+    bar = keras.utils.Progbar(len(records), unit_name="image")
+    moments, labels = [], []
+    for x, y in ds:
+        m = encoder(x).numpy()
+        mean, log_var = np.split(m, 2, axis=-1)
+        moments.append(np.concatenate([mean, np.clip(log_var, -30.0, 20.0)], -1))
+        labels.append(y.numpy())
+        bar.add(len(m))
+    return np.concatenate(moments).astype("float32"), np.concatenate(labels).astype("float32")
+
+
+def latent_scale_from_moments(moments, seed=0) -> float:
+    """1 / std of posterior samples z = mean + exp(log_var / 2) * eps over all elements."""
+    mean, log_var = np.split(np.asarray(moments, np.float64), 2, axis=-1)
+    z = mean + np.exp(0.5 * log_var) * np.random.default_rng(seed).standard_normal(mean.shape)
+    return float(1.0 / max(z.std(), 1e-8))
+
+
+def make_train_dataset(config, records, model):
+    """Training-system hook: encode `records` once, cache to RUN_DIR/latent_cache.npz, train on it.
+
+    Also measures latent_scale when the model has none yet and records it in config.model_kwargs.
+    """
+    cache = Path(config.run_dir) / "latent_cache.npz"
+    key = _fingerprint(records, model)
+    moments = labels = None
+    if cache.is_file():
+        with np.load(cache) as f:
+            if str(f["key"]) == key:
+                moments, labels = f["moments"], f["labels"]
+                print(f"latent cache: {cache} ({len(moments)} latents)")
+    if moments is None:
+        print(f"encoding {len(records)} training images with the frozen autoencoder -> {cache}")
+        moments, labels = encode_records(model, records)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name("latent_cache.tmp.npz")
+        np.savez(tmp, moments=moments, labels=labels, key=np.array(key))
+        tmp.replace(cache)
+    scale = float(keras.ops.convert_to_numpy(model.latent_scale))
+    if scale <= 0:
+        scale = latent_scale_from_moments(moments, seed=config.seed)
+        model.set_latent_scale(scale)
+        print(f"latent_scale = 1/std(z) = {scale:.5f}")
+    config.model_kwargs["latent_scale"] = scale
+    if model.conditional and labels.shape[1] != model.num_classes:
+        from keras_cxr.errors import UserError
+
+        raise UserError(f"the data has {labels.shape[1]} label columns but the ldm has num_classes={model.num_classes}")
+    if not model.conditional:
+        labels = np.zeros((len(labels), model.num_classes), "float32")
+    ds = tf.data.Dataset.from_tensor_slices((moments, labels))
+    ds = ds.shuffle(len(moments), seed=config.seed, reshuffle_each_iteration=True)
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_val_dataset(config, records, model):
+    """Training-system hook: validation on images (encoded in test_step; the val split is small)."""
+    from custom_datasets.pipeline import make_dataset
+
+    if records is None or len(records) == 0:
+        return None
+    return make_dataset(
+        records, image_size=model.image_size, channels=model.channels, normalization=model.data_range,
+        batch_size=min(config.batch_size, len(records)), shuffle=False, with_labels=True, deterministic=True,
+    )
+
+
+# ---------------------------------------------------------------------------- demo
+def prepare_demo(config, runs_dir):
+    """`keras-cxr demo --model ldm` hook: train (or reuse) the first stage, the autoencoder-kl
+    "default" preset, in RUNS/demo-autoencoder-kl and point the LDM config at it."""
+    import json
+
+    from keras_cxr.training import resolve_config, train
+
+    ae_dir = Path(runs_dir) / "demo-autoencoder-kl"
+    run_json = ae_dir / "run.json"
+    done = run_json.is_file() and json.loads(run_json.read_text()).get("completed") and (ae_dir / "model.keras").is_file()
+    if done:
+        print(f"demo: reusing the trained autoencoder {ae_dir}", flush=True)
+    else:
+        ae_config = resolve_config("autoencoder-kl", "default", run_dir=str(ae_dir), data=config.data)
+        print(f"demo: stage 1/2, training autoencoder-kl ({ae_config.epochs} epochs) -> {ae_dir}", flush=True)
+        train(ae_config)  # resumes an interrupted stage-1 run with the same config
+    config.autoencoder = str(ae_dir)
+    return config

@@ -1,0 +1,94 @@
+"""Spatial-latent KL autoencoder (keras_cxr/models/autoencoder_kl.py)."""
+
+import numpy as np
+import pytest
+
+import keras
+
+from keras_cxr.config import TrainConfig
+from keras_cxr.errors import UserError
+from keras_cxr.models.autoencoder_kl import (
+    PRESETS,
+    AutoencoderKL,
+    build_model,
+    l1_reconstruction,
+    spatial_gaussian_kl,
+)
+
+TINY = {"widths": [8, 16, 16], "num_res_blocks": 1}
+
+
+def test_losses_are_summed_per_image():
+    x = np.zeros((2, 4, 4, 1), "float32")
+    x_hat = np.full((2, 4, 4, 1), 0.25, "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(l1_reconstruction(x, x_hat)), [4.0, 4.0])
+    mean = np.zeros((2, 3, 3, 4), "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(spatial_gaussian_kl(mean, mean)), [0.0, 0.0], atol=1e-6)
+    # KL of N(1, 1) vs N(0, 1) is 1/2 per dimension, summed over 3*3*4 = 36 dims
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(spatial_gaussian_kl(mean + 1, mean)), [18.0, 18.0], rtol=1e-6)
+
+
+def test_shapes_and_contract():
+    model = AutoencoderKL(image_size=64, **TINY)
+    assert model.latent_shape == (16, 16, 4) == model.noise_shape, "1/4 resolution, 4 channels at 64 px"
+    assert AutoencoderKL.data_range == "sigmoid" and model.conditional is False
+    x = np.random.default_rng(0).random((2, 64, 64, 1)).astype("float32")
+    z = model.encode(x)
+    assert tuple(z.shape) == (2, 16, 16, 4)
+    for out in (model.decode(z), model.reconstruct(x), model.generate(np.zeros((2, 16, 16, 4), "float32"))):
+        out = keras.ops.convert_to_numpy(out)
+        assert out.shape == (2, 64, 64, 1) and out.min() >= 0.0 and out.max() <= 1.0
+    noise = np.random.default_rng(1).standard_normal((2, 16, 16, 4)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.generate(noise)),
+                                  keras.ops.convert_to_numpy(model.generate(noise)))
+    assert AutoencoderKL(image_size=128, **TINY).latent_shape == (32, 32, 4)
+    with pytest.raises(ValueError):
+        AutoencoderKL(image_size=30, **TINY)
+
+
+def test_trains_on_real_images_and_round_trips(sample_records, tmp_path):
+    from custom_datasets import make_dataset
+
+    # 32 px and two levels keep this fast; train_step is called eagerly (tracing costs more here)
+    config = TrainConfig(model="autoencoder-kl", image_size=32, model_kwargs={"widths": [8, 16]},
+                         compile_kwargs={"learning_rate": 3e-3})
+    model = build_model(config)
+    ds = make_dataset(sample_records.iloc[:8], image_size=32, normalization=model.data_range, batch_size=8, shuffle=False)
+    x, y = next(iter(ds))
+
+    def recon_error():  # deterministic: posterior mean
+        return float(np.mean(keras.ops.convert_to_numpy(l1_reconstruction(x, model.reconstruct(x)))))
+
+    before = recon_error()
+    for _ in range(6):
+        logs = model.train_step((x, y))
+    assert set(logs) >= {"loss", "recon_loss", "kl_loss", "mae"}
+    assert recon_error() < 0.8 * before
+
+    path = tmp_path / "ae.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe mode
+    assert isinstance(loaded, AutoencoderKL) and loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.reconstruct(x)),
+                               keras.ops.convert_to_numpy(model.reconstruct(x)), atol=1e-6)
+    assert int(loaded.optimizer.iterations) == 6
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_adversarial_variant_updates_discriminator():
+    model = AutoencoderKL(image_size=32, widths=[8, 16], adversarial_weight=0.5, disc_width=8)
+    model.compile(optimizer="adam")
+    x = np.random.default_rng(0).random((4, 32, 32, 1)).astype("float32")
+    d_before = [w.copy() for w in model.discriminator.get_weights()]
+    logs = model.train_step((x, np.zeros((4, 14), "float32")))  # eager: one step, no tracing
+    assert {"d_loss", "g_loss"} <= set(logs) and np.isfinite(float(logs["d_loss"]))
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(d_before, model.discriminator.get_weights()))
+
+
+def test_presets_and_bad_options():
+    assert "default" in PRESETS and PRESETS["default"]["image_size"] == 64
+    with pytest.raises(UserError):
+        build_model(TrainConfig(model="autoencoder-kl", model_kwargs={"recon": "huber"}))
+    with pytest.raises(UserError):
+        build_model(TrainConfig(model="autoencoder-kl", compile_kwargs={"lr": 1e-3}))
