@@ -26,10 +26,32 @@ _OPTIONAL = {
 }
 
 
+_CACHE: dict = {}
+
+
 def load_metadata(path) -> "pandas.DataFrame":  # noqa: F821
+    """Parse one metadata CSV (cached per file path, size and mtime; a copy is returned)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _CACHE:
+        df = _CACHE[key]
+    else:
+        df = _parse_metadata(path)
+        if key is not None:
+            _CACHE.clear()  # keep one table (the full CSV is ~20 MB in memory)
+            _CACHE[key] = df
+    out = df.copy()
+    out.attrs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in df.attrs.items()}
+    return out
+
+
+def _parse_metadata(path) -> "pandas.DataFrame":  # noqa: F821
     import pandas as pd
 
-    path = Path(path)
     if not path.is_file():
         raise DataError(f"metadata CSV not found: {path}")
     if path.stat().st_size == 0:

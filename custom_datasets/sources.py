@@ -5,14 +5,25 @@ shared real sample `../shared/data/nih_sample` when present, else the data home
 (`$KERAS_CXR_DATA` or `~/.keras/datasets/nih_chest_xray14`).
 
 `load_records(...)` joins a folder of PNGs (searched recursively: the NIH `images/` layout,
-Kaggle's `images_001/images/` layout, or any folder) with the metadata CSV, applies filters and the
-patient split, and returns a DataFrame with a `path` column and the label columns. Its
-`attrs["findings"]` is the label order the pipeline yields, `attrs["report"]` counts what was
-skipped and why.
+Kaggle's `images_001/images/` layout, or any folder) with the metadata CSV, splits it by patient,
+applies the filters and returns a DataFrame with a `path` column and the label columns. A folder
+holding `manifest.json` (written by `keras-cxr prepare`) is read as prepared shards instead (see
+`custom_datasets.shards`). Its `attrs`:
+
+- `findings`: the label order the pipeline yields (all 14 FINDINGS, or the `conditions`),
+- `has_labels`: False when no metadata CSV was found (labels are then all zero),
+- `report`: counts of what was found, skipped and used, and why (never a silently shorter set),
+- `skipped_files`: [(file name, reason)] for images left out because they cannot be read,
+- `folder`, `metadata`, `split`, and `format` ("png" or "shards").
+
+Order of operations: metadata -> patient split (on the whole CSV, so a patient's split does not
+depend on which images are present or on the filters) -> rows whose image exists -> views ->
+conditions -> unreadable files skipped -> max_images.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +31,8 @@ from custom_datasets.findings import FINDINGS, LABELS, NO_FINDING, canonical_fin
 from keras_cxr.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+logger = logging.getLogger("keras_cxr.data")
 
 
 def data_home() -> Path:
@@ -54,7 +67,7 @@ def resolve_data_path(data=None) -> Path:
     if sample is not None:
         return sample
     home = data_home()
-    if home.is_dir() and any(home.rglob("*.png")):
+    if home.is_dir() and ((home / "manifest.json").is_file() or any(home.rglob("*.png"))):
         return home
     raise DataError(
         "no chest X-ray data found: run `keras-cxr download --sample 500` (needs internet, "
@@ -63,23 +76,126 @@ def resolve_data_path(data=None) -> Path:
 
 
 def find_images(folder) -> dict:
-    """Map image file name (e.g. `00000001_000.png`) -> path, searching `folder` recursively."""
+    """Map image file name (e.g. `00000001_000.png`) -> path, searching `folder` recursively.
+
+    When one name occurs twice (e.g. `images/` and `originals/` copies) the first in sorted path
+    order wins.
+    """
     folder = Path(folder)
     if folder.is_file():
         raise DataError(f"{folder} is a file; --data wants a folder of PNGs or prepared shards")
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() == ".png" and p.is_file() and not p.name.startswith("."):
+        if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file():
             out.setdefault(p.name, p)
     return out
 
 
+def check_png(path) -> str | None:
+    """Cheap validity check of one PNG file: None when fine, else the reason it cannot be used.
+
+    Reads 8 bytes at the start and 64 at the end: catches zero-byte files, files that are not PNG
+    (wrong signature) and truncated downloads (no IEND chunk at the end). A file that passes can
+    still hold corrupt pixel data; `keras-cxr prepare` decodes every image and skips those by name.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "zero-byte file"
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head != PNG_SIGNATURE:
+                return "not a PNG (bad signature)"
+            if size < 8 + 25 + 12:
+                return "truncated PNG (too short)"
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if b"IEND" not in tail:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def _skip_unreadable(df, report, strict: bool):
+    bad = []
+    for name, path in zip(df["image_index"].tolist(), df["path"].tolist()):
+        reason = check_png(path)
+        if reason is not None:
+            if strict:
+                raise DataError(f"{path}: {reason}")
+            bad.append((name, reason))
+    if bad:
+        counts = {}
+        for _, reason in bad:
+            counts[reason] = counts.get(reason, 0) + 1
+        for reason, n in counts.items():
+            report[f"skipped: {reason}"] = n
+        shown = "; ".join(f"{n} ({r})" for n, r in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        logger.warning("skipped %d unreadable image file(s): %s", len(bad), shown)
+        df = df[~df["image_index"].isin({n for n, _ in bad})].reset_index(drop=True)
+    return df, bad
+
+
 def _select_conditions(df, conditions):
-    names = tuple(canonical_finding(c) for c in conditions)
+    names = tuple(dict.fromkeys(canonical_finding(c) for c in conditions))
     if NO_FINDING in names:
         raise DataError("'No Finding' is always kept with --conditions; list findings only")
     keep = (df[list(names)].sum(axis=1) > 0) | (df[NO_FINDING] == 1)
     return df[keep].reset_index(drop=True), names
+
+
+def apply_filters(df, *, views=None, conditions=None, has_labels=True):
+    """Keep the `views` (PA/AP) and the staged-conditioning `conditions`; returns (df, findings).
+
+    `conditions=["Cardiomegaly", "Effusion"]` keeps images that have at least one of those findings
+    or No Finding, and the label vector is then only those findings, in that order (other findings
+    on a kept image are ignored). An image with only other findings is dropped.
+    """
+    findings = FINDINGS
+    if views:
+        views = tuple(str(v).strip().upper() for v in views)
+        bad = [v for v in views if v not in ("PA", "AP")]
+        if bad:
+            raise DataError(f"unknown view position(s) {bad}; use PA and/or AP")
+        if not has_labels:
+            raise DataError("--views needs the metadata CSV (View Position): pass --metadata")
+        df = df[df["view"].isin(views)].reset_index(drop=True)
+    if conditions:
+        if not has_labels:
+            raise DataError("--conditions needs labels: pass --metadata")
+        df, findings = _select_conditions(df, conditions)
+    return df, tuple(findings)
+
+
+def take_max_images(df, max_images, seed):
+    if max_images is None:
+        return df
+    max_images = int(max_images)
+    if max_images < 1:
+        raise DataError(f"--max-images must be at least 1, got {max_images}")
+    if max_images >= len(df):
+        return df
+    return df.sample(n=max_images, random_state=seed).sort_index().reset_index(drop=True)
+
+
+def _split(df, split, folder, seed, fractions, has_labels, report, lists=None):
+    from custom_datasets.splits import DEFAULT_FRACTIONS, find_official_lists, official_split, split_by_patient
+
+    if split in (None, "all"):
+        report["split"] = "all (no split)"
+        return df.reset_index(drop=True)
+    if split not in ("train", "val", "test"):
+        raise DataError(f"unknown split {split!r}; use train, val, test or all")
+    lists = lists or (find_official_lists(folder) if has_labels else None)
+    if lists is not None:
+        parts = official_split(df, *lists, seed=seed)
+        report["split"] = f"official lists {lists[0].name}/{lists[1].name}, val by patient, seed {seed}"
+    else:
+        fractions = tuple(fractions or DEFAULT_FRACTIONS)
+        parts = split_by_patient(df, fractions, seed=seed)
+        report["split"] = f"by patient, fractions {fractions}, seed {seed}"
+    return parts[split]
 
 
 def load_records(
@@ -94,23 +210,32 @@ def load_records(
     max_images: int | None = None,
     require_labels: bool = False,
     allow_missing: bool = True,
+    validate: bool = True,
+    strict: bool = False,
+    split_lists=None,
 ):
-    """Records (DataFrame with `path` + labels) for one split of a PNG folder.
+    """Records (DataFrame with `path` + labels) for one split of a PNG folder or prepared shards.
 
     `split` is "train", "val", "test" or None/"all". `views` e.g. ("PA",). `conditions` keeps only
     those findings (staged conditioning) plus No Finding images. Without metadata every image is
     used with unknown labels (`attrs["has_labels"] = False`) unless `require_labels`.
+    `allow_missing=False` turns CSV rows without an image into an error (else a counted skip).
+    `validate` checks each used file cheaply (`check_png`): bad files are counted skips in
+    `attrs["report"]`, or a `DataError` naming the file when `strict`. `split_lists` =
+    (train_val_list.txt, test_list.txt) uses NIH's official split (also found automatically
+    beside the images).
     """
     import pandas as pd
 
     from custom_datasets.metadata import find_metadata, load_metadata
-    from custom_datasets.splits import DEFAULT_FRACTIONS, find_official_lists, official_split, split_by_patient
 
     folder = resolve_data_path(data)
     if (folder / "manifest.json").is_file():
         from custom_datasets.shards import load_shard_records
 
-        return load_shard_records(folder, split=split)
+        return load_shard_records(
+            folder, split=split, seed=seed, views=views, conditions=conditions, max_images=max_images
+        )
 
     images = find_images(folder)
     if not images:
@@ -119,17 +244,18 @@ def load_records(
 
     meta_path = Path(metadata) if metadata else find_metadata(folder)
     if meta_path is None:
-        if require_labels:
+        if require_labels or conditions:
             raise DataError(
                 f"no metadata CSV for {folder}: pass --metadata Data_Entry_2017_v2020.csv "
                 "(published by NIH beside the image archives)"
             )
         df = pd.DataFrame({"image_index": sorted(images)})
         df["patient_id"] = df["image_index"].str.split("_").str[0]
+        df["view"] = ""
         for name in LABELS:
             df[name] = 0
-        df["view"] = ""
         has_labels = False
+        df = _split(df, split, folder, seed, fractions, has_labels, report)
     else:
         df = load_metadata(meta_path)
         report.update({f"csv {k}": v for k, v in df.attrs.get("skipped", {}).items()})
@@ -142,50 +268,40 @@ def load_records(
         if n_extra:
             report["images without csv row"] = n_extra
         if not in_folder.any():
-            raise DataError(f"none of the {len(images)} images under {folder} has a row in {meta_path}")
+            raise DataError(
+                f"none of the {len(images)} images under {folder} has a row in {meta_path} "
+                f"(e.g. {sorted(images)[0]})"
+            )
         if n_missing and not allow_missing:
             raise DataError(
                 f"{n_missing} rows of {meta_path} have no image under {folder} "
                 f"(e.g. {df.loc[~in_folder, 'image_index'].iat[0]}); pass --allow-missing to use the intersection"
             )
-        df = df[in_folder].reset_index(drop=True)
+        df = _split(df, split, folder, seed, fractions, has_labels, report, lists=split_lists)
+        df = df[df["image_index"].isin(images.keys())].reset_index(drop=True)
 
     df["path"] = [str(images[n]) for n in df["image_index"]]
-    findings = FINDINGS
-    if views:
-        views = tuple(v.upper() for v in views)
-        bad = [v for v in views if v not in ("PA", "AP")]
-        if bad:
-            raise DataError(f"unknown view position(s) {bad}; use PA and/or AP")
-        df = df[df["view"].isin(views)].reset_index(drop=True)
-    if conditions:
-        if not has_labels:
-            raise DataError("--conditions needs labels: pass --metadata")
-        df, findings = _select_conditions(df, conditions)
+    df, findings = apply_filters(df, views=views, conditions=conditions, has_labels=has_labels)
+    bad = []
+    if validate:
+        df, bad = _skip_unreadable(df, report, strict)
+    df = take_max_images(df, max_images, seed)
+    return finish_records(
+        df, report, split=split, folder=folder, views=views, conditions=conditions, max_images=max_images,
+        findings=tuple(findings), has_labels=has_labels, metadata=str(meta_path) if meta_path else None,
+        format="png", skipped_files=bad,
+    )
 
-    if split and split != "all":
-        if split not in ("train", "val", "test"):
-            raise DataError(f"unknown split {split!r}; use train, val, test or all")
-        lists = find_official_lists(folder)
-        if lists is not None and has_labels:
-            parts = official_split(df, *lists, seed=seed)
-            report["split"] = "official lists"
-        else:
-            parts = split_by_patient(df, fractions or DEFAULT_FRACTIONS, seed=seed)
-            report["split"] = f"by patient, fractions {tuple(fractions or DEFAULT_FRACTIONS)}, seed {seed}"
-        df = parts[split]
-    if max_images:
-        df = df.sample(n=min(int(max_images), len(df)), random_state=seed).sort_index().reset_index(drop=True)
+
+def finish_records(df, report, *, split, folder, views, conditions, max_images, **attrs):
+    """Refuse an empty result (naming the filters), count what is used and set `df.attrs`."""
     if len(df) == 0:
         raise DataError(
             f"no images left in split {split!r} of {folder} after filtering "
-            f"(views={views}, conditions={conditions}, max_images={max_images})"
+            f"(views={views}, conditions={conditions}, max_images={max_images}; report: {report})"
         )
     report["used"] = len(df)
-    df.attrs.update(
-        {"findings": tuple(findings), "has_labels": has_labels, "report": report, "folder": str(folder),
-         "metadata": str(meta_path) if meta_path else None, "split": split or "all"}
-    )
+    df.attrs.update({"report": report, "folder": str(folder), "split": split or "all", **attrs})
     return df
 
 

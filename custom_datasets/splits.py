@@ -25,12 +25,13 @@ def split_by_patient(df, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     rng.shuffle(patients)
     n = len(patients)
-    n_train = int(round(fractions[0] * n))
-    n_val = int(round(fractions[1] * n))
+    # Cumulative boundaries: a zero fraction gives an empty split and no patient is lost to rounding.
+    b1 = int(round(fractions[0] * n))
+    b2 = max(b1, int(round((fractions[0] + fractions[1]) * n)))
     groups = {
-        "train": set(patients[:n_train]),
-        "val": set(patients[n_train : n_train + n_val]),
-        "test": set(patients[n_train + n_val :]),
+        "train": set(patients[:b1]),
+        "val": set(patients[b1:b2]),
+        "test": set(patients[b2:]),
     }
     return {name: df[df["patient_id"].isin(groups[name])].reset_index(drop=True) for name in SPLITS}
 
