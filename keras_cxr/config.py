@@ -40,6 +40,7 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored | multiworker
     sample_every: int = 1
     jit_compile: bool = False
+    validation: bool = True  # evaluate test_step on the val split after each epoch
     # model specifics: constructor kwargs and compile kwargs (learning rates, betas, KL weight, ...)
     model_kwargs: dict = field(default_factory=dict)
     compile_kwargs: dict = field(default_factory=dict)
@@ -117,3 +118,11 @@ def with_preset(config: TrainConfig, preset: dict) -> TrainConfig:
         else:
             d[key] = value
     return TrainConfig.from_dict(d)
+
+
+def check_options(model: str, config: TrainConfig, model_keys, compile_keys) -> None:
+    """One-line UserError for `model.X` / `compile.X` keys a model's build_model does not know."""
+    for kind, given, known in (("model", config.model_kwargs, model_keys), ("compile", config.compile_kwargs, compile_keys)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise UserError(f"unknown {model} {kind} option(s) {unknown}; known: {sorted(known)}")

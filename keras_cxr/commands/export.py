@@ -1,0 +1,19 @@
+"""`keras-cxr export`: turn a finished run folder into a self-contained exported model."""
+
+from __future__ import annotations
+
+HELP = "export a finished run to saved_models/NAME (SavedModel + .keras + config.json + MODEL_CARD.md)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--run-dir", required=True, metavar="DIR", help="finished run folder (runs/NAME)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export folder, e.g. saved_models/NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+
+
+def run(args) -> int:
+    from keras_cxr.export import export_run
+
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    print(f"exported to {out} (saved_model/, model.keras, config.json, MODEL_CARD.md)")
+    return 0

@@ -1,0 +1,61 @@
+"""`keras-cxr train`: train a model (preset + overrides) into a run folder; rerun to resume."""
+
+from __future__ import annotations
+
+HELP = "train a generative model into a run folder (rerun the same command to resume)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", default="lsgan", help="model name (lsgan, vae, gmvae, fs-gmvae, autoencoder-kl, ldm, ...)")
+    p.add_argument("--preset", default="default", help="named preset of the model (default: 'default')")
+    p.add_argument("--run-dir", required=True, metavar="DIR", help="run folder, e.g. runs/lsgan")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", default=None,
+                   help="folder of PNGs or prepared shards; default: $DATA, ../shared/data/nih_sample, the data home")
+    g.add_argument("--metadata", metavar="CSV", default=None, help="NIH metadata CSV (default: found beside the data)")
+    g.add_argument("--split-seed", type=int, default=None, help="seed of the by-patient split")
+    g.add_argument("--views", nargs="+", metavar="VIEW", default=None, help="keep only these views: PA AP")
+    g.add_argument("--conditions", nargs="+", metavar="FINDING", default=None,
+                   help="staged conditioning: keep these findings (and No Finding images) only")
+    g.add_argument("--max-images", type=int, default=None, help="use at most this many training images")
+    t = p.add_argument_group("training")
+    t.add_argument("--image-size", type=int, default=None, help="image size in pixels (lsgan: 32, 64, 128, 224, 256)")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch size (split over replicas)")
+    t.add_argument("--steps-per-epoch", type=int, default=None)
+    t.add_argument("--sample-every", type=int, default=None, help="write a sample grid every N epochs")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--deterministic", action="store_true", default=None,
+                   help="enable TensorFlow op determinism (reproducible, slower)")
+    t.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default=None,
+                   help="tf.distribute strategy (multiworker reads TF_CONFIG)")
+    t.add_argument("--jit-compile", action="store_true", default=None, help="XLA-compile the train step")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, model.X (constructor) or compile.X (optimizer) value")
+    t.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+
+
+def config_from_args(args):
+    from keras_cxr.training import resolve_config
+
+    conditions = tuple(args.conditions) if args.conditions else None
+    if conditions:
+        from custom_datasets.findings import canonical_finding
+
+        conditions = tuple(canonical_finding(c) for c in conditions)
+    return resolve_config(
+        args.model, args.preset, args.overrides, run_dir=args.run_dir, data=args.data, metadata=args.metadata,
+        split_seed=args.split_seed, views=tuple(args.views) if args.views else None, conditions=conditions,
+        max_images=args.max_images, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch, sample_every=args.sample_every, seed=args.seed,
+        deterministic=args.deterministic, strategy=args.strategy, jit_compile=args.jit_compile,
+    )
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    from keras_cxr.training import train
+
+    run_dir = train(config, overrides=args.overrides, overwrite=args.overwrite)
+    print(f"run folder: {run_dir} (model.keras, samples/, logs/ for TensorBoard: tensorboard --logdir {run_dir}/logs)")
+    return 0

@@ -1,0 +1,75 @@
+"""tf.distribute helpers: `--strategy default|mirrored|multiworker`.
+
+Batch size convention: `TrainConfig.batch_size` is the GLOBAL batch, i.e. the batch one optimizer
+step sees summed over all replicas. Each of R replicas (GPUs, or workers x GPUs) gets
+batch_size / R images, so the learning-rate / batch relation does not change when you add devices.
+Keep the per-replica batch the same as a single-GPU run by multiplying `--batch-size` by R (and
+consider scaling the learning rates with it).
+
+- default: the default (single-device) strategy.
+- mirrored: `tf.distribute.MirroredStrategy()` over all local GPUs (or the logical CPU devices).
+- multiworker: `tf.distribute.MultiWorkerMirroredStrategy()`; the cluster comes from the TF_CONFIG
+  environment variable, e.g. on worker 0 of two:
+  TF_CONFIG='{"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}'
+  Run the same `keras-cxr train` command on every worker. Worker 0 (the chief) writes the run
+  folder; the other workers write theirs under RUN_DIR/workers/worker-<i>/ (checkpoints must be
+  written by every worker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from keras_cxr.errors import UserError
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def get_strategy(name: str = "default"):
+    """The tf.distribute strategy for `name`. Create it before any other TensorFlow op."""
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise UserError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+        raise UserError("--strategy multiworker needs the TF_CONFIG environment variable (cluster and task)")
+    try:
+        json.loads(tf_config)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"TF_CONFIG is not valid JSON: {exc}") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def worker_info(strategy) -> tuple[str | None, int]:
+    """(task_type, task_id) of this process; (None, 0) outside multi-worker training."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return None, 0
+    return resolver.task_type, int(resolver.task_id or 0)
+
+
+def is_chief(strategy) -> bool:
+    """True for the process that writes the run folder (chief, or worker 0 without a chief)."""
+    task_type, task_id = worker_info(strategy)
+    if task_type is None or task_type == "chief":
+        return True
+    if task_type == "worker":
+        spec = strategy.cluster_resolver.cluster_spec().as_dict()
+        return "chief" not in spec and task_id == 0
+    return False
+
+
+def check_batch_size(batch_size: int, strategy) -> int:
+    """Per-replica batch; raises if the global batch does not split evenly across replicas."""
+    replicas = int(strategy.num_replicas_in_sync)
+    if batch_size % replicas:
+        raise UserError(
+            f"--batch-size {batch_size} does not split over {replicas} replicas; use a multiple of {replicas}"
+        )
+    return batch_size // replicas

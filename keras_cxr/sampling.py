@@ -1,0 +1,117 @@
+"""Sample from an exported model folder (see keras_cxr.export) with TensorFlow only.
+
+    from keras_cxr.sampling import load_generator
+    gen = load_generator("saved_models/demo-lsgan")
+    images = gen.sample(16, seed=0)                            # uint8 [16, H, W, C]
+    images = gen.sample(16, seed=0, labels="Cardiomegaly")     # conditional models
+    images = gen.sample(16, seed=0, labels=["Effusion", "Edema"], guidance=3.0)
+
+Noise is drawn with a seeded numpy RNG, so `sample(n, seed)` gives the same images in every process.
+Nothing here imports the model classes: only the SavedModel is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from keras_cxr.errors import UserError
+
+
+class Generator:
+    """An exported generator: `.config` (the export's config.json) and `.sample(...)`."""
+
+    def __init__(self, path):
+        path = Path(path)
+        cfg_path = path / "config.json"
+        if not path.is_dir():
+            raise UserError(f"model folder {path} does not exist")
+        if not cfg_path.is_file() or not (path / "saved_model").is_dir():
+            raise UserError(f"{path} is not an exported model (needs config.json and saved_model/; see keras-cxr export)")
+        self.path = path
+        self.config = json.loads(cfg_path.read_text())
+        import tensorflow as tf
+
+        self._tf = tf
+        self._model = tf.saved_model.load(str(path / "saved_model"))
+
+    @property
+    def noise_shape(self):
+        return tuple(self.config["noise_shape"])
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.config.get("conditional"))
+
+    @property
+    def findings(self):
+        return list(self.config.get("findings") or [])
+
+    def label_vector(self, labels, n: int) -> np.ndarray:
+        """labels as f32 [n, num_classes]: a finding name, a list of names (one multi-hot vector),
+        "No Finding" (all zeros), a [num_classes] vector or an [n, num_classes] matrix."""
+        from custom_datasets.findings import NO_FINDING, canonical_finding
+
+        k = int(self.config.get("num_classes") or 0)
+        if isinstance(labels, str) or (isinstance(labels, (list, tuple)) and labels and isinstance(labels[0], str)):
+            names = [labels] if isinstance(labels, str) else list(labels)
+            vec = np.zeros(k, "float32")
+            for name in names:
+                c = canonical_finding(name)
+                if c == NO_FINDING:
+                    continue
+                if c not in self.findings:
+                    raise UserError(f"finding {c!r} is not one this model was trained on ({', '.join(self.findings)})")
+                vec[self.findings.index(c)] = 1.0
+            return np.repeat(vec[None], n, axis=0)
+        arr = np.asarray(labels, dtype="float32")
+        if arr.ndim == 1:
+            arr = np.repeat(arr[None], n, axis=0)
+        if arr.shape != (n, k):
+            raise UserError(f"labels must have shape ({n}, {k}) or ({k},), got {arr.shape}")
+        return arr
+
+    def noise(self, n: int, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal((n, *self.noise_shape)).astype("float32")
+
+    def sample(self, n: int, seed: int = 0, labels=None, guidance=None, batch_size: int = 64) -> np.ndarray:
+        """uint8 images [n, H, W, C] from the SavedModel (same seed -> same images)."""
+        tf = self._tf
+        n = int(n)
+        if n < 1:
+            raise UserError(f"number of samples must be >= 1, got {n}")
+        if labels is not None and not self.conditional:
+            raise UserError(f"{self.path} is an unconditional model; it cannot sample by finding")
+        if guidance is not None and not self.config.get("supports_guidance"):
+            raise UserError(f"{self.path} does not support classifier-free guidance")
+        z = self.noise(n, seed)
+        y = self.label_vector(labels, n) if labels is not None else None
+        out = []
+        for i in range(0, n, batch_size):
+            zb = tf.constant(z[i : i + batch_size])
+            if y is None:
+                images = self._model.sample(zb)
+            elif self.config.get("supports_guidance"):
+                g = tf.constant(1.0 if guidance is None else float(guidance), tf.float32)
+                images = self._model.sample_conditional(zb, tf.constant(y[i : i + batch_size]), g)
+            else:
+                images = self._model.sample_conditional(zb, tf.constant(y[i : i + batch_size]))
+            out.append(images.numpy())
+        return np.concatenate(out)
+
+
+def load_generator(path) -> Generator:
+    """Load an exported model folder (saved_models/NAME)."""
+    return Generator(path)
+
+
+def write_samples(images, out_dir, prefix: str = "sample", cols: int | None = None) -> Path:
+    """Write each image as PNG plus `grid.png` into `out_dir`; returns the grid path."""
+    from keras_cxr import grids
+
+    out_dir = Path(out_dir)
+    for i, img in enumerate(images):
+        grids.save_png(img, out_dir / f"{prefix}_{i:04d}.png")
+    return grids.save_png(grids.tile(images, cols=cols), out_dir / "grid.png")
