@@ -43,9 +43,17 @@ def weights_fingerprint(layer) -> str:
     return h.hexdigest()[:12]
 
 
+def record_keys(records) -> list:
+    """One string per record that names its image, for PNG folders (path) and shards alike."""
+    if "path" in records.columns:
+        return records["path"].astype(str).tolist()
+    folder = str(records.attrs.get("folder", ""))
+    return [f"{folder}::{name}" for name in records["image_index"].astype(str)]
+
+
 def cache_path(model, records, cache_dir) -> Path:
     h = hashlib.sha1()
-    for p in records["path"].astype(str):
+    for p in record_keys(records):
         h.update(p.encode())
         h.update(b"\0")
     h.update(weights_fingerprint(model.feature_extractor).encode())
@@ -123,24 +131,21 @@ def make_train_dataset(
         return None
     import tensorflow as tf
 
-    from custom_datasets.pipeline import preprocess_png
-    from custom_datasets.sources import label_matrix
+    from custom_datasets.pipeline import make_dataset
 
     batch_size = int(batch_size or getattr(config, "batch_size", 32))
     seed = getattr(config, "seed", 0) if seed is None else seed
     feats, _ = load_or_compute(model, records, cache_dir, config, batch_size=batch_size, verbose=verbose)
     feat_shape = tuple(feats.shape[1:])
     n = len(records)
-    labels = label_matrix(records)
-    paths = records["path"].astype(str).tolist()
     size, channels, norm = model.image_size, model.channels, model.data_range
 
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64), paths, labels))
-    ds = ds.map(
-        lambda i, p, y: (i, preprocess_png(tf.io.read_file(p), size, channels, norm), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    # Images (and labels) in records order, from PNG folders or prepared shards alike, paired with
+    # their row index into the feature cache.
+    images = make_dataset(records, image_size=size, channels=channels, normalization=norm,
+                          batch_size=batch_size, shuffle=False, with_labels=True).unbatch()
+    ds = tf.data.Dataset.zip((tf.data.Dataset.range(n), images)).map(lambda i, xy: (i, xy[0], xy[1]))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n))  # unbatch hides it; fit needs it
     if n * size * size * channels * 4 <= max_image_cache_bytes:
         ds = ds.cache()
     if shuffle:

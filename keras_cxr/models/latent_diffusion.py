@@ -390,7 +390,9 @@ def build_model(config) -> LatentDiffusion:
 def _fingerprint(records, model) -> str:
     h = hashlib.sha1()
     h.update(f"{model.image_size}x{model.channels}".encode())
-    for p in sorted(records["path"].astype(str)):
+    from keras_cxr.feature_cache import record_keys
+
+    for p in sorted(record_keys(records)):
         h.update(p.encode())
     for w in model.autoencoder.get_weights():
         h.update(np.ascontiguousarray(w).tobytes())
