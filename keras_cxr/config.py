@@ -27,6 +27,7 @@ class TrainConfig:
     views: tuple = ()
     conditions: tuple = ()
     max_images: int | None = None
+    allow_missing: bool = False  # carry on with the images that have CSV rows when some rows lack images
     balance: str | None = None  # None | "findings": tf.data class balancing
     augment: bool = False
     # shapes and loop

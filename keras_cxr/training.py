@@ -92,7 +92,8 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, overwrite: bool) -> Non
 def _load_records(config: TrainConfig):
     from custom_datasets import load_records
 
-    common = dict(seed=config.split_seed, views=config.views or None, conditions=config.conditions or None)
+    common = dict(seed=config.split_seed, views=config.views or None, conditions=config.conditions or None,
+                  allow_missing=config.allow_missing)
     train = load_records(config.data, config.metadata, split="train", max_images=config.max_images, **common)
     if not config.validation:
         return train, None

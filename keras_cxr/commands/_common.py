@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 
-def add_data_arguments(p, *, split_default: str | None = "train") -> None:
+def add_data_arguments(p, *, split_default: str | None = "train", with_split: bool = True,
+                       config_defaults: bool = False) -> None:
+    """Add the data options. `with_split=False` for verbs that pick their splits themselves
+    (train); `config_defaults=True` leaves unset options as None so presets/config fill them."""
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="PATH", default=None,
                    help="folder of PNGs (searched recursively) or prepared shards; default: $DATA, "
                         "../shared/data/nih_sample when present, else the data home")
     g.add_argument("--metadata", metavar="CSV", default=None,
                    help="NIH metadata CSV (Data_Entry_2017_v2020.csv); default: found beside the data")
-    g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
-                   help=f"which patient split to use (default {split_default})")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the by-patient split (default 0)")
+    if with_split:
+        g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
+                       help=f"which patient split to use (default {split_default})")
+    g.add_argument("--split-seed", type=int, default=None if config_defaults else 0,
+                   help="seed of the by-patient split (default 0)")
     g.add_argument("--views", nargs="+", metavar="VIEW", default=None, help="keep only these views: PA AP")
     g.add_argument("--conditions", nargs="+", metavar="FINDING", default=None,
                    help="staged conditioning: keep these findings (and No Finding images) only")
     g.add_argument("--max-images", type=int, default=None, help="use at most this many images")
-    g.add_argument("--allow-missing", action="store_true",
+    g.add_argument("--allow-missing", action="store_true", default=None if config_defaults else False,
                    help="carry on with the intersection when CSV rows have no image")
 
 

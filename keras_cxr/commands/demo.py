@@ -23,21 +23,28 @@ def add_arguments(p) -> None:
 
 
 def resolve_demo_data(data):
-    """The data folder for the demo: --data, $DATA, the shared sample, the data home."""
+    """The data folder for the demo: --data, $DATA, the shared sample, the data home; when none
+    holds images, a one-time download of NIH's first 500 images into the data home."""
+    import os
+
     from custom_datasets.sources import resolve_data_path
     from keras_cxr.errors import DataError
 
     try:
         return resolve_data_path(data)
     except DataError:
-        if data:
+        if data or os.environ.get("DATA"):
             raise
-        # >>> DOWNLOAD FALLBACK (issue 3): when no data is found locally, fetch the small official
-        # sample once, e.g.
-        #     from custom_datasets.download import ensure_sample
-        #     return ensure_sample()
-        # Until that exists, the DataError above tells the user what to do.
-        raise
+    from custom_datasets.download import DownloadError, ensure_sample
+
+    print("demo: no chest X-ray data found; fetching a 500-image sample from NIH once "
+          "(cached in the data home)", flush=True)
+    try:
+        return ensure_sample(500)
+    except DownloadError as exc:
+        reason = str(exc).split("; ")[0]
+        raise DataError(f"no chest X-ray data found and the NIH sample could not be downloaded ({reason}); "
+                        "offline, run `make demo DATA=/path/to/images`") from None
 
 
 def run(args) -> int:

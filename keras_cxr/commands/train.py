@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from keras_cxr.commands._common import add_data_arguments
+
 HELP = "train a generative model into a run folder (rerun the same command to resume)"
 
 
@@ -9,15 +11,11 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="lsgan", help="model name (lsgan, vae, gmvae, fs-gmvae, autoencoder-kl, ldm, ...)")
     p.add_argument("--preset", default="default", help="named preset of the model (default: 'default')")
     p.add_argument("--run-dir", required=True, metavar="DIR", help="run folder, e.g. runs/lsgan")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="PATH", default=None,
-                   help="folder of PNGs or prepared shards; default: $DATA, ../shared/data/nih_sample, the data home")
-    g.add_argument("--metadata", metavar="CSV", default=None, help="NIH metadata CSV (default: found beside the data)")
-    g.add_argument("--split-seed", type=int, default=None, help="seed of the by-patient split")
-    g.add_argument("--views", nargs="+", metavar="VIEW", default=None, help="keep only these views: PA AP")
-    g.add_argument("--conditions", nargs="+", metavar="FINDING", default=None,
-                   help="staged conditioning: keep these findings (and No Finding images) only")
-    g.add_argument("--max-images", type=int, default=None, help="use at most this many training images")
+    p.add_argument("--autoencoder", metavar="PATH", default=None,
+                   help="ldm: the trained autoencoder-kl run folder or export")
+    p.add_argument("--fine-tune", action="store_true", default=None,
+                   help="VAE family / classifier: unfreeze the ImageNet backbone (same as --set model.fine_tune=True)")
+    add_data_arguments(p, with_split=False, config_defaults=True)
     t = p.add_argument_group("training")
     t.add_argument("--image-size", type=int, default=None, help="image size in pixels (lsgan: 32, 64, 128, 224, 256)")
     t.add_argument("--epochs", type=int, default=None)
@@ -43,8 +41,11 @@ def config_from_args(args):
         from custom_datasets.findings import canonical_finding
 
         conditions = tuple(canonical_finding(c) for c in conditions)
+    overrides = list(args.overrides) + (["model.fine_tune=True"] if args.fine_tune else [])
+    args.overrides = overrides
     return resolve_config(
-        args.model, args.preset, args.overrides, run_dir=args.run_dir, data=args.data, metadata=args.metadata,
+        args.model, args.preset, overrides, run_dir=args.run_dir, data=args.data, metadata=args.metadata,
+        autoencoder=args.autoencoder, allow_missing=args.allow_missing,
         split_seed=args.split_seed, views=tuple(args.views) if args.views else None, conditions=conditions,
         max_images=args.max_images, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, sample_every=args.sample_every, seed=args.seed,

@@ -167,12 +167,9 @@ _COMPILE_KEYS = {"learning_rate", "weight_decay"}
 
 def build_model(config) -> FindingClassifier:
     """A FindingClassifier from a TrainConfig, compiled with AdamW(config.compile_kwargs)."""
-    unknown = sorted(set(config.model_kwargs) - _MODEL_KEYS)
-    if unknown:
-        raise UserError(f"unknown classifier model option(s) {unknown}; known: {sorted(_MODEL_KEYS)}")
-    unknown = sorted(set(config.compile_kwargs) - _COMPILE_KEYS)
-    if unknown:
-        raise UserError(f"unknown classifier compile option(s) {unknown}; known: {sorted(_COMPILE_KEYS)}")
+    from keras_cxr.config import check_options
+
+    check_options("classifier", config, _MODEL_KEYS, _COMPILE_KEYS)
     model = FindingClassifier(image_size=config.image_size, channels=config.channels, **config.model_kwargs)
     ck = config.compile_kwargs
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=float(ck.get("learning_rate", 1e-3)),
