@@ -12,7 +12,7 @@ EPOCHS ?=
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench compare install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs reports build *.egg-info
+
+# Train every model's CPU default on the NIH sample and compare them (the README's table; ~1 h on 2 cores)
+compare: $(STAMP)
+	$(PY) benchmarks/compare_models.py

@@ -159,7 +159,7 @@ print(json.dumps({k: [list(v.shape), str(v.dtype)] for k, v in out.items()}))
 
 @pytest.mark.slow
 def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
-    """The CLI path at 64 px: (frozen AE run dir) -> train the LDM a few steps on cached latents ->
+    """The CLI path at 32 px: (frozen AE run dir) -> train the LDM a few steps on cached latents ->
     export -> sample in a fresh process that loads only the SavedModel (no keras_cxr import)."""
     import time
 
@@ -173,10 +173,10 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
     # The autoencoder's own training is tested in test_autoencoder_kl.py; an untrained one is saved
     # where a finished `keras-cxr train --model autoencoder-kl` run keeps it.
     (tmp_path / "ae").mkdir()
-    AutoencoderKL(image_size=64, widths=[8, 16, 16]).save(tmp_path / "ae" / "model.keras")
+    AutoencoderKL(image_size=32, widths=[8, 16, 16]).save(tmp_path / "ae" / "model.keras")
     ldm_dir = train(resolve_config("ldm", "tiny", run_dir=str(tmp_path / "ldm"), autoencoder=str(tmp_path / "ae"),
-                                   data=str(sample_dir), image_size=64, max_images=24, batch_size=8, epochs=1,
-                                   steps_per_epoch=2, sample_every=100), verbose=0)
+                                   data=str(sample_dir), image_size=32, max_images=24, batch_size=8, epochs=1,
+                                   steps_per_epoch=2, sample_every=100, validation=False), verbose=0)
     times["train"] = time.time() - t0
     assert (ldm_dir / "latent_cache.npz").is_file()
     model = keras.saving.load_model(ldm_dir / "model.keras")
@@ -184,9 +184,9 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
     out = export_run(ldm_dir, tmp_path / "export")
     times["export"] = time.time() - t0 - times["train"]
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["supports_guidance"] and "sample_conditional" in cfg["endpoints"] and cfg["noise_shape"] == [16, 16, 4]
+    assert cfg["supports_guidance"] and "sample_conditional" in cfg["endpoints"] and cfg["noise_shape"] == [8, 8, 4]
 
-    z = np.random.default_rng(3).standard_normal((2, 16, 16, 4)).astype("float32")
+    z = np.random.default_rng(3).standard_normal((2, 8, 8, 4)).astype("float32")
     np.save(tmp_path / "z.npy", z)
     proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(out / "saved_model"), str(tmp_path / "z.npy"),
                            str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300)
@@ -194,7 +194,7 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
     times["fresh process"] = time.time() - t0 - times["train"] - times["export"]
     print(times)
     got = np.load(tmp_path / "out.npz")
-    assert got["sample"].dtype == np.uint8 and got["sample"].shape == (2, 64, 64, 1)
+    assert got["sample"].dtype == np.uint8 and got["sample"].shape == (2, 32, 32, 1)
     y = np.zeros((2, 14), "float32")
     y[:, 1] = 1
     ref_cond = to_uint8(_np(model.generate(z, y, guidance=2.0)), "sigmoid")
