@@ -94,7 +94,9 @@ class Generator:
             if y is None:
                 images = self._model.sample(zb)
             elif self.config.get("supports_guidance"):
-                g = tf.constant(1.0 if guidance is None else float(guidance), tf.float32)
+                if guidance is None:  # the guidance scale the model was trained/configured to sample with
+                    guidance = (self.config.get("model_kwargs") or {}).get("guidance", 1.0)
+                g = tf.constant(float(guidance), tf.float32)
                 images = self._model.sample_conditional(zb, tf.constant(y[i : i + batch_size]), g)
             else:
                 images = self._model.sample_conditional(zb, tf.constant(y[i : i + batch_size]))
