@@ -44,10 +44,17 @@ def sample_grid(model, noise, findings=None, cols: int = 8) -> np.ndarray:
 
 
 def _generate(model, z, labels, batch: int = 64):
+    """`model.generate` in batches of exactly `batch` rows (the last one padded), so a model whose
+    generate is a tf.function (the LDM's DDIM loop) is traced for one shape only."""
     out = []
     for i in range(0, len(z), batch):
+        zb = z[i : i + batch]
         y = None if labels is None else labels[i : i + batch]
-        out.append(keras.ops.convert_to_numpy(model.generate(z[i : i + batch], y, training=False)))
+        k = len(zb)
+        if k < batch and len(z) > batch:
+            zb = np.concatenate([zb, np.repeat(zb[-1:], batch - k, axis=0)])
+            y = None if y is None else np.concatenate([y, np.repeat(y[-1:], batch - k, axis=0)])
+        out.append(keras.ops.convert_to_numpy(model.generate(zb, y, training=False))[:k])
     return np.concatenate(out)
 
 

@@ -32,6 +32,8 @@ from keras_cxr.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MIN_SIDE = 8  # px: smaller images hold no usable anatomy (a 1x1 file is a broken export)
+MAX_PIXELS = 8192 * 8192  # larger ones take GBs once decoded (NIH images are 1024 x 1024)
 logger = logging.getLogger("keras_cxr.data")
 
 
@@ -103,11 +105,17 @@ def check_png(path) -> str | None:
         if size == 0:
             return "zero-byte file"
         with open(path, "rb") as f:
-            head = f.read(8)
-            if head != PNG_SIGNATURE:
+            head = f.read(24)
+            if head[:8] != PNG_SIGNATURE:
                 return "not a PNG (bad signature)"
             if size < 8 + 25 + 12:
                 return "truncated PNG (too short)"
+            # IHDR width and height, before anything is decoded (100 megapixels can be a 2 MB file)
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if min(width, height) < MIN_SIDE:
+                return f"image too small ({width}x{height} px)"
+            if width * height > MAX_PIXELS:
+                return f"image too large ({width}x{height} px)"
             f.seek(max(0, size - 64))
             tail = f.read()
     except OSError as exc:

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from keras_cxr.errors import UserError
+from keras_cxr.fileio import clean_stale, publish_folder, work_folder  # noqa: F401 (re-exported)
 
 
 def load_trained_model(run_dir):
@@ -36,7 +35,14 @@ def load_trained_model(run_dir):
 
     config, info = load_run(run_dir)
     get_model_module(config.model)  # registers the model classes for deserialisation
-    model = keras.saving.load_model(Path(run_dir) / "model.keras", safe_mode=True)
+    path = Path(run_dir) / "model.keras"
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - a file that does not load (Lambda layer, unknown class, ...)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"{path} cannot be loaded in safe mode: {type(exc).__name__}: {first}") from None
+    if not hasattr(model, "generate") or not hasattr(model, "noise_shape"):
+        raise UserError(f"{path} holds a {type(model).__name__}, not a keras-cxr generative model")
     return model, config, info
 
 
@@ -165,27 +171,20 @@ def export_run(run_dir, out, overwrite: bool = False) -> Path:
     archive, endpoints = build_archive(model)
     cfg = export_config(model, config, info, endpoints)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = work_folder(out)
     try:
         archive.write_out(str(tmp / "saved_model"), verbose=False)
         shutil.copy2(Path(run_dir) / "model.keras", tmp / "model.keras")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / "MODEL_CARD.md").write_text(model_card(cfg, info))
         publish_folder(tmp, out)
+    except OSError as exc:  # e.g. ENOSPC: the previous export (if any) is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"export to {out} failed, nothing was changed there: {exc.strerror or exc}"
+                        f"{f' ({exc.filename})' if exc.filename else ''}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def publish_folder(work: Path, out: Path) -> None:
-    """Move the finished folder `work` to `out` by renames only (an existing `out` is replaced and
-    then deleted), so readers never see a half-written `out`."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    work.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

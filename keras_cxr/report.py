@@ -79,9 +79,12 @@ def html_table(results) -> str:
 
 # --------------------------------------------------------------------------- figures
 def _plt():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
+    if "matplotlib.pyplot" not in sys.modules:  # headless by default; a notebook's inline backend stays
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -310,15 +313,25 @@ def _write_docs(results, figures, out: Path, title: str) -> None:
 
 
 def _prepare_out(out) -> tuple[Path, Path]:
-    out = Path(out)
-    figdir = out / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
-    return out, figdir
+    """(hidden work folder beside `out`, its figures/): published to `out` by `_publish`."""
+    from keras_cxr.fileio import work_folder
+
+    work = work_folder(Path(out))
+    figdir = work / "figures"
+    figdir.mkdir()
+    return work, figdir
+
+
+def _publish(work: Path, out) -> Path:
+    from keras_cxr.fileio import publish_folder
+
+    publish_folder(work, Path(out))
+    return Path(out)
 
 
 def write_evaluation_report(results, artefacts, out) -> Path:
     """One model: metrics.json, report.md, report.html, figures/*.png in `out`."""
-    out, fig = _prepare_out(out)
+    final, (out, fig) = out, _prepare_out(out)
     name = results["models"][0]
     samples = artefacts["samples"][name]
     figures = {"samples": (sample_grid(samples, fig / "samples.png"), f"{name}: generated samples (seed {results['seed']})")}
@@ -332,12 +345,12 @@ def write_evaluation_report(results, artefacts, out) -> Path:
     figures["nearest"] = (nearest_figure(artefacts["closest"][name], fig / "nearest_neighbours.png"),
                           "the 8 generated images closest to a training image (r = normalised correlation)")
     _write_docs(results, figures, out, f"keras-cxr evaluation: {name}")
-    return out
+    return _publish(out, final)
 
 
 def write_compare_report(results, artefacts, out) -> Path:
     """Several models: one table (markdown + HTML), one figure of grids side by side, spectra."""
-    out, fig = _prepare_out(out)
+    final, (out, fig) = out, _prepare_out(out)
     names = results["models"]
     sets = {**{k: artefacts["samples"][k] for k in names}, "real (held-out B)": artefacts["real_b"]}
     figures = {"grids": (grids_figure(sets, fig / "grids.png"), "samples side by side (16 each, same seed)")}
@@ -352,5 +365,5 @@ def write_compare_report(results, artefacts, out) -> Path:
                                                      f"{k}: closest generated / training pairs"),
                                       f"{k}: the 8 generated images closest to a training image")
     _write_docs(results, figures, out, "keras-cxr comparison: " + ", ".join(names))
-    return out
+    return _publish(out, final)
 

@@ -31,11 +31,19 @@ class Generator:
         if not cfg_path.is_file() or not (path / "saved_model").is_dir():
             raise UserError(f"{path} is not an exported model (needs config.json and saved_model/; see keras-cxr export)")
         self.path = path
-        self.config = json.loads(cfg_path.read_text())
+        try:
+            self.config = json.loads(cfg_path.read_text())
+        except ValueError as exc:
+            raise UserError(f"{cfg_path} is not valid JSON: {exc}") from None
         import tensorflow as tf
 
         self._tf = tf
-        self._model = tf.saved_model.load(str(path / "saved_model"))
+        try:
+            self._model = tf.saved_model.load(str(path / "saved_model"))
+        except (OSError, ValueError, RuntimeError, tf.errors.OpError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"{path / 'saved_model'} cannot be loaded ({first}); "
+                            "export the run again with `keras-cxr export`") from None
 
     @property
     def noise_shape(self):

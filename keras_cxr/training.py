@@ -269,8 +269,15 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2  # one line per epoch when logging to a file
     t0 = time.time()
-    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                        callbacks=cbs, verbose=verbose, shuffle=False)
+    from callbacks import NonFiniteLossError
+
+    try:
+        history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                            callbacks=cbs, verbose=verbose, shuffle=False)
+    except NonFiniteLossError as exc:  # name the input that usually causes it
+        rates = ", ".join(f"compile.{k}={v:g}" for k, v in sorted(config.compile_kwargs.items())
+                          if "learning_rate" in k and isinstance(v, (int, float)))
+        raise NonFiniteLossError(f"{exc}; try a lower learning rate ({rates or 'compile.learning_rate'})") from None
     if chief:
         _save_model_atomic(model, run_dir / "model.keras")
         final = {k: float(v[-1]) for k, v in history.history.items() if v}

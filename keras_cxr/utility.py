@@ -507,7 +507,7 @@ def run_utility(cfg: UtilityConfig, generator=None) -> dict:
     y_train = label_matrix(train)
     y_test = label_matrix(test)
 
-    from keras_cxr.export import publish_folder
+    from keras_cxr.fileio import publish_folder
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

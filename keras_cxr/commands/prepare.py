@@ -8,7 +8,6 @@ and renamed); a killed run leaves no half-written OUT and a rerun starts over cl
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -33,31 +32,7 @@ def add_arguments(p) -> None:
                 "shards; --split all writes the unsplit set.")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale(out: Path) -> list:
-    """Remove `.OUT.partial-PID` / `.OUT.old-PID` folders left by killed runs (their PID is gone)."""
-    removed = []
-    for cand in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = cand.name[len(out.name) + 2:].rpartition("-")
-        if kind in ("partial", "old") and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(cand, ignore_errors=True)
-            removed.append(cand)
-    return removed
-
-
 def prepare(args) -> Path:
-    import keras
-
-    from custom_datasets.shards import write_index_and_manifest, write_split
     from keras_cxr.commands._common import print_report, records_from_args
     from keras_cxr.errors import UserError
 
@@ -69,7 +44,9 @@ def prepare(args) -> Path:
     if out.exists() and not args.overwrite:
         raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out)
+    from keras_cxr.fileio import clean_stale, publish_folder, work_folder
+
+    clean_stale(out)
 
     splits = [args.split] if args.split else ["train", "val", "test"]
     recs = {}
@@ -80,9 +57,29 @@ def prepare(args) -> Path:
     if first.attrs.get("format") == "shards":
         raise UserError(f"--data {first.attrs.get('folder')} is already prepared shards")
 
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = work_folder(out)
+    try:
+        manifest = _write(args, recs, tmp, first)
+        publish_folder(tmp, out)  # atomic publish: OUT is complete or absent
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    counts = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
+    print(f"prepare: wrote {manifest['count']} images ({counts}) to {out}")
+    return out
+
+
+def run(args) -> int:
+    prepare(args)
+    return 0
+
+
+def _write(args, recs, tmp, first):
+    import keras
+
+    from custom_datasets.shards import write_index_and_manifest, write_split
+    from keras_cxr.errors import UserError
+
     total = sum(len(r) for r in recs.values())
     bar = None if args.quiet else keras.utils.Progbar(total, unit_name="image")
     parts, reports, skipped_files = {}, {}, {}
@@ -109,18 +106,4 @@ def prepare(args) -> Path:
         findings=first.attrs.get("findings"), reports=reports,
         extra={"skipped_files": skipped_files}, compression=args.png_compression,
     )
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)  # atomic publish: OUT is complete or absent
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    counts = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
-    print(f"prepare: wrote {manifest['count']} images ({counts}) to {out}")
-    return out
-
-
-def run(args) -> int:
-    prepare(args)
-    return 0
+    return manifest
