@@ -2,6 +2,8 @@
 #   make demo   set up .venv, get real NIH data (DATA=..., ../shared/data/nih_sample, the data home,
 #               or a one-time download of a small official sample) and run the main job
 #   make test   set up .venv and run the test suite
+#   make bench  set up .bench-venv (the product + torch==2.13.0 CPU, for the PyTorch twins only) and
+#               regenerate benchmarks/RESULTS.md (< 30 min on 2 cores)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,6 +11,10 @@ STAMP  := $(VENV)/.installed
 DATA   ?=
 MODEL  ?= lsgan
 EPOCHS ?=
+BENCH_VENV  ?= .bench-venv
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS  ?=
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
@@ -31,8 +37,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
 
-bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+# torch is a benchmark-only dependency: never in requirements.txt / pyproject.toml, never imported by tests
+$(BENCH_STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q -r requirements.txt torch==2.13.0
+	$(BENCH_PY) -m pip install -q --no-deps -e .
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs reports build *.egg-info
