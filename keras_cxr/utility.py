@@ -507,11 +507,10 @@ def run_utility(cfg: UtilityConfig, generator=None) -> dict:
     y_train = label_matrix(train)
     y_test = label_matrix(test)
 
-    from keras_cxr.fileio import publish_folder
+    from keras_cxr.fileio import publish_folder, work_folder
 
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    work = work_folder(out)
     try:
         results = _run(cfg, regimes, generator, train, val, test, findings, y_train, y_test, work)
         if not cfg.keep_synthetic:

@@ -19,7 +19,6 @@ label fidelity of conditional generators.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -245,14 +244,22 @@ def train_classifier(config, out, *, run_dir=None, verbose="auto") -> dict:
 def export_classifier(model, out, info: dict) -> Path:
     """Write `out/` = saved_model/ (predict, features endpoints on uint8 images), model.keras,
     config.json; via a temporary folder renamed at the end."""
-    import tensorflow as tf
+    from keras_cxr.fileio import publish_folder, work_folder
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = work_folder(out)
+    try:
+        _write_classifier_export(model, tmp, info)
+        publish_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_classifier_export(model, tmp: Path, info: dict) -> None:
+    import tensorflow as tf
+
     size = int(model.image_size)
     if not model.built:  # a subclassed model is built by its first call
         model(np.zeros((1, size, size, model.channels), "float32"))
@@ -285,14 +292,6 @@ def export_classifier(model, out, info: dict) -> Path:
         "Used by `keras-cxr evaluate` as the `cxr` feature extractor and the label-fidelity judge.\n"
         "Research use only, not for diagnosis. Data: NIH Clinical Center, ChestX-ray14 "
         "(https://nihcc.app.box.com/v/ChestXray-NIHCC; Wang et al., CVPR 2017).\n")
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-    return out
 
 
 class LoadedClassifier:
