@@ -80,6 +80,14 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, overwrite: bool) -> Non
     if run_json.is_file() and json.loads(run_json.read_text()).get("completed"):
         raise UserError(f"{run_dir} already holds a finished run; choose another --run-dir or pass --overwrite")
     old = json.loads(TrainConfig.load(cfg_path).to_json())
+    # values a model measures during training and records in model_kwargs (the LDM's latent_scale):
+    # an interrupted run resumes with the measured value instead of calling it a config change
+    from keras_cxr.models import get_model_module
+
+    measured = getattr(get_model_module(config.model), "MEASURED_MODEL_KWARGS", ())
+    for key in measured:
+        if key in old.get("model_kwargs", {}) and key not in config.model_kwargs:
+            config.model_kwargs[key] = old["model_kwargs"][key]
     new = json.loads(config.to_json())
     diff = _same_config(old, new)
     if diff:

@@ -215,3 +215,31 @@ def test_prepare_demo_reuses_a_finished_autoencoder_run(tmp_path):
     assert config.autoencoder == str(ae_dir)
     assert build_model(TrainConfig(model="ldm", image_size=32, autoencoder=config.autoencoder,
                                    model_kwargs={"widths": [16, 32], "num_res_blocks": 1})).noise_shape == (16, 16, 4)
+
+
+def test_interrupted_run_resumes_with_its_measured_latent_scale(sample_dir, tmp_path):
+    """Training records the measured latent_scale in config.json; rerunning the same command after an
+    interruption must resume (not refuse the run as a changed config) and keep that scale."""
+    from keras_cxr.models.autoencoder_kl import AutoencoderKL
+    from keras_cxr.training import resolve_config, train
+
+    (tmp_path / "ae").mkdir()
+    AutoencoderKL(image_size=32, widths=[8, 16, 16]).save(tmp_path / "ae" / "model.keras")
+
+    def config():  # what rerunning the same command builds: no latent_scale in it
+        return resolve_config("ldm", "tiny", run_dir=str(tmp_path / "ldm"), autoencoder=str(tmp_path / "ae"),
+                              data=str(sample_dir), image_size=32, max_images=16, batch_size=8, epochs=2,
+                              steps_per_epoch=1, sample_every=100, validation=False)
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), verbose=0, extra_callbacks=[StopAfterFirstEpoch()])
+    saved = json.loads((tmp_path / "ldm" / "config.json").read_text())["model_kwargs"]["latent_scale"]
+    assert saved > 0 and "latent_scale" not in config().model_kwargs
+    run_dir = train(config(), verbose=0)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["completed"] and info["epochs_completed"] == 2
+    assert float(keras.saving.load_model(run_dir / "model.keras").latent_scale) == pytest.approx(saved)

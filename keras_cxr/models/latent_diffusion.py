@@ -298,6 +298,10 @@ class LatentDiffusion(keras.Model):
         }
 
 
+# model_kwargs that training measures and records in config.json (make_train_dataset below): resuming
+# an interrupted run takes them from there (keras_cxr.training._prepare_run_dir)
+MEASURED_MODEL_KWARGS = ("latent_scale",)
+
 PRESETS = {
     # CPU-sized: 64 px (16x16x4 latents of the autoencoder-kl "default" preset), 500-image sample,
     # ~15 minutes on 2 shared CPU cores. Sample grids only at the end (a conditional grid is 15 rows
