@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import keras
+import tensorflow as tf
 
 from keras_cxr.config import TrainConfig
 from keras_cxr.errors import UserError
@@ -84,6 +85,43 @@ def test_adversarial_variant_updates_discriminator():
     logs = model.train_step((x, np.zeros((4, 14), "float32")))  # eager: one step, no tracing
     assert {"d_loss", "g_loss"} <= set(logs) and np.isfinite(float(logs["d_loss"]))
     assert any(np.abs(a - b).max() > 0 for a, b in zip(d_before, model.discriminator.get_weights()))
+
+
+def test_adversarial_term_is_off_before_disc_start_and_adaptive_after():
+    """Before disc_start the autoencoder's update is exactly the plain one; after it the generator
+    term is weighted by adversarial_weight * ||grad rec|| / ||grad adv|| on the output kernel."""
+    x = np.random.default_rng(0).random((4, 32, 32, 1)).astype("float32")
+    y = np.zeros((4, 14), "float32")
+    adv = AutoencoderKL(image_size=32, widths=[8, 16], adversarial_weight=0.5, disc_start=10, disc_width=8)
+    plain = AutoencoderKL(image_size=32, widths=[8, 16])
+    plain.encoder.set_weights(adv.encoder.get_weights())
+    plain.decoder.set_weights(adv.decoder.get_weights())
+    for m in (adv, plain):
+        m.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = adv.train_step((x, y))
+    plain.train_step((x, y))
+    assert float(logs["adv_weight"]) == 0.0
+    for a, b in zip(adv.encoder.get_weights() + adv.decoder.get_weights(),
+                    plain.encoder.get_weights() + plain.decoder.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    on = AutoencoderKL(image_size=32, widths=[8, 16], adversarial_weight=0.5, disc_start=0, disc_width=8)
+    on.compile(optimizer=keras.optimizers.Adam(1e-3))
+    # the expected weight needs the same posterior sample: make the posterior std ~0 (z = mean)
+    kernel = on.decoder.get_layer("images").kernel
+    moments = on.encoder.get_layer("moments")
+    w, bias = moments.get_weights()
+    bias[w.shape[-1] // 2:] = -30.0  # log_var -> clip floor: z = mean up to ~3e-7
+    moments.set_weights([w, bias])
+    with tf.GradientTape(persistent=True) as tape:
+        mean, _ = on.encode_moments(x, training=True)
+        x_hat = on.decode(mean, training=True)
+        rec = keras.ops.mean(l1_reconstruction(x, x_hat))
+        g = -keras.ops.mean(on.discriminator(x_hat, training=True))
+    expected = 0.5 * float(np.linalg.norm(tape.gradient(rec, kernel))) / (float(np.linalg.norm(tape.gradient(g, kernel))) + 1e-4)
+    logs = on.train_step((x, y))
+    assert expected > 0
+    np.testing.assert_allclose(float(logs["adv_weight"]), expected, rtol=1e-3)
 
 
 def test_presets_and_bad_options():
