@@ -53,6 +53,9 @@ def run_summary(name: str, run_dir: Path, wall_s=None, command=None) -> dict:
     n_train, epochs = int(info["data"]["train_images"]), int(info["epochs_completed"])
     fit_s = float(info.get("train_seconds_last_session") or wall_s or 0)
     model = info["model"]
+    run_dir = run_dir.resolve()  # RUNS/ae may be a link to the run that `make compare` trained
+    if run_dir.is_relative_to(REPO):
+        run_dir = run_dir.relative_to(REPO)
     return {
         "model": model,
         "wall_s": round(wall_s, 1) if wall_s else None,
@@ -179,7 +182,7 @@ def _machine() -> str:
     import tensorflow as tf
 
     m = machine_info()
-    return (f"{m['cpu']} ({m['isa']}), {m['cores']} cores visible, {m['ram_bytes'] / 2**30:.0f} GiB RAM, no GPU; "
+    return (f"{m['cpu']} ({m['isa']}), {m['cores']} cores visible, {m['ram_gib']:.0f} GiB RAM, {m['gpu']}; "
             f"Python {m['python']}, TensorFlow {tf.__version__}")
 
 
@@ -255,15 +258,18 @@ def write_markdown(bench: dict, path: Path, runs: Path, figs: Path) -> None:
     print(f"wrote {path}")
 
 
-def read_compare(folder: Path, runs: Path) -> dict:
+def read_compare(folder: Path, runs: Path, commands=None) -> dict:
     """The metrics table of a `keras-cxr compare` report (report.md) for the markdown summary."""
     text = (folder / "report.md").read_text().splitlines()
     table = [ln for ln in text[: next(i for i, ln in enumerate(text) if ln.startswith("How to read"))] if ln.startswith("|")]
     header = [ln for ln in text[:6] if ln.startswith("- ")]
-    mean = next((ln.split("|")[2].strip() for ln in text if ln.startswith("| **mean**")), None)
+    # the LDM's own label-fidelity section (the report has one per conditional model)
+    start = next((i for i, ln in enumerate(text) if ln.startswith("### Label fidelity:") and "ldm" in ln), None)
+    mean = None if start is None else next(
+        (ln.split("|")[2].strip() for ln in text[start:] if ln.startswith("| **mean**")), None)
     clf = next((ln.split("`")[-1].strip(" ()") for ln in text if ln.startswith("- classifier:")), None)
     return {
-        "commands": [f"keras-cxr export --run-dir {runs}/ae --out {runs}/export_ae",
+        "commands": commands or [f"keras-cxr export --run-dir {runs}/ae --out {runs}/export_ae",
                      f"keras-cxr export --run-dir {runs}/ldm --out {runs}/export_ldm",
                      f"keras-cxr compare {runs}/export_ae {runs}/export_ldm --split heldout --n 100 "
                      f"--label-samples 8 --out {folder}"],
@@ -281,8 +287,13 @@ def main(argv=None):
     p.add_argument("--note", action="append", default=[], help="a line for the Notes section (repeatable)")
     p.add_argument("--wall", action="append", default=[], metavar="NAME=SECONDS",
                    help="wall time of a stage trained outside this script (e.g. ae=536)")
+    p.add_argument("--fit", action="append", default=[], metavar="NAME=SECONDS",
+                   help="training seconds of a stage whose run was interrupted and resumed (run.json holds only "
+                        "the last session's); img/s is recomputed from it")
     p.add_argument("--compare", type=Path, default=None,
                    help="a `keras-cxr compare` report folder of the exported AE and LDM to include")
+    p.add_argument("--compare-command", action="append", default=None,
+                   help="the command(s) that made the --compare report (default: export + compare of RUNS/ae, RUNS/ldm)")
     p.add_argument("--load-note", default=None, help="what else ran on the machine during the measurement")
     p.add_argument("--split", default="test")
     p.add_argument("--speed-batch", type=int, default=16)
@@ -303,11 +314,17 @@ def main(argv=None):
         if name not in bench and (args.runs / name / "run.json").is_file() and args.stage in ("eval", "report"):
             bench[name] = run_summary(name, args.runs / name)
     if args.compare is not None:
-        bench["compare"] = read_compare(args.compare, args.runs)
+        bench["compare"] = read_compare(args.compare, args.runs, args.compare_command)
     for item in args.wall:
         name, _, secs = item.partition("=")
         if name in bench:
             bench[name]["wall_s"] = float(secs)
+    for item in args.fit:  # a resumed run's run.json only knows its last session's seconds
+        name, _, secs = item.partition("=")
+        if name in bench:
+            r = bench[name]
+            r["fit_s"] = float(secs)
+            r["images_per_s"] = round(r["train_images"] * r["epochs"] / float(secs), 2)
     if args.stage in ("ae", "all"):
         stage_train("ae", "autoencoder-kl", args.runs, bench, args.ae_set)
         _save(bench_path, bench)
