@@ -3,7 +3,8 @@
 #               or a one-time download of a small official sample) and run the main job
 #   make test   set up .venv and run the test suite
 #   make bench  set up .bench-venv (the product + torch==2.13.0 CPU, for the PyTorch twins only) and
-#               regenerate benchmarks/RESULTS.md (< 30 min on 2 cores)
+#               regenerate benchmarks/RESULTS.md (< 30 min on 2 cores; the ~20-min latent-diffusion
+#               training benchmark only with BENCH_ARGS=--all)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
