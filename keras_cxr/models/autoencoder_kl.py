@@ -275,7 +275,7 @@ class AutoencoderKL(keras.Model):
 
 
 PRESETS = {
-    # CPU-sized: 64 px, 16x16x4 latent, ~6 minutes on the 500-image sample with 2 idle cores. The patch
+    # CPU-sized: 64 px, 16x16x4 latent, ~7 minutes on the 500-image sample with 2 idle cores. The patch
     # discriminator starts after 10 epochs of the sample (250 steps): on its test split it took the
     # reconstructions' spectrum distance from 1.30 to 0.97 at 45 epochs (benchmarks/results/ldm.md).
     "default": {
