@@ -124,9 +124,59 @@ def test_adversarial_term_is_off_before_disc_start_and_adaptive_after():
     np.testing.assert_allclose(float(logs["adv_weight"]), expected, rtol=1e-3)
 
 
+def test_discriminator_warmup_trains_d_before_disc_start_only_when_asked():
+    """disc_warmup=True: D learns from step 0 while the autoencoder's update stays the plain one
+    until disc_start; by default D is frozen until disc_start too."""
+    x = np.random.default_rng(0).random((4, 32, 32, 1)).astype("float32")
+    y = np.zeros((4, 14), "float32")
+    kw = dict(image_size=32, widths=[8, 16], adversarial_weight=0.5, disc_start=10, disc_width=8)
+    warm, cold, plain = AutoencoderKL(disc_warmup=True, **kw), AutoencoderKL(**kw), AutoencoderKL(image_size=32, widths=[8, 16])
+    for m in (cold, plain):
+        m.encoder.set_weights(warm.encoder.get_weights())
+        m.decoder.set_weights(warm.decoder.get_weights())
+    cold.discriminator.set_weights(warm.discriminator.get_weights())
+    d0 = [w.copy() for w in warm.discriminator.get_weights()]
+    for m in (warm, cold, plain):
+        m.compile(optimizer=keras.optimizers.Adam(1e-3))
+        m.train_step((x, y))
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(d0, warm.discriminator.get_weights()))
+    for a, b in zip(d0, cold.discriminator.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for m in (warm, cold):
+        for a, b in zip(m.encoder.get_weights() + m.decoder.get_weights(), plain.encoder.get_weights() + plain.decoder.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_batchnorm_discriminator_and_frequency_term():
+    model = AutoencoderKL(image_size=32, widths=[8, 16], adversarial_weight=0.5, disc_width=8, disc_norm="batch",
+                          freq_weight=25.0)
+    assert [l.name for l in model.discriminator.layers if isinstance(l, keras.layers.BatchNormalization)] == ["norm1", "norm2"]
+    model.compile(optimizer="adam")
+    x = np.random.default_rng(0).random((4, 32, 32, 1)).astype("float32")
+    logs = model.train_step((x, np.zeros((4, 14), "float32")))
+    assert np.isfinite(float(logs["d_loss"]))
+    # the reconstruction term is L1 + freq_weight * focal frequency loss (posterior std ~0: z = mean)
+    moments = model.encoder.get_layer("moments")
+    w, bias = moments.get_weights()
+    bias[w.shape[-1] // 2:] = -30.0
+    moments.set_weights([w, bias])
+    _, rec, _ = model._losses_for(x, training=False)
+    x_hat = model.reconstruct(x)
+    from keras_cxr.losses import focal_frequency_loss
+
+    expected = np.mean(keras.ops.convert_to_numpy(l1_reconstruction(x, x_hat) + 25.0 * focal_frequency_loss(x, x_hat)))
+    np.testing.assert_allclose(float(rec), expected, rtol=1e-4)
+    reloaded = AutoencoderKL.from_config(model.get_config())
+    assert (reloaded.disc_norm, reloaded.freq_weight) == ("batch", 25.0)
+
+
 def test_presets_and_bad_options():
     assert "default" in PRESETS and PRESETS["default"]["image_size"] == 64
     with pytest.raises(UserError):
         build_model(TrainConfig(model="autoencoder-kl", model_kwargs={"recon": "huber"}))
     with pytest.raises(UserError):
         build_model(TrainConfig(model="autoencoder-kl", compile_kwargs={"lr": 1e-3}))
+    with pytest.raises(UserError, match="disc_norm"):
+        build_model(TrainConfig(model="autoencoder-kl", model_kwargs={"adversarial_weight": 0.5, "disc_norm": "layer"}))
+    with pytest.raises(UserError, match="freq_weight"):
+        build_model(TrainConfig(model="autoencoder-kl", model_kwargs={"freq_weight": -1.0}))

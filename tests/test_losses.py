@@ -118,3 +118,21 @@ def test_kl_warmup_is_linear():
     assert float(losses.kl_weight(4, 0.5, 10)) == pytest.approx(0.25)
     assert float(losses.kl_weight(9, 0.5, 10)) == pytest.approx(0.5)
     assert float(losses.kl_weight(1000, 0.5, 10)) == pytest.approx(0.5)
+
+
+def test_focal_frequency_loss_against_numpy(rng):
+    x = rng.random((3, 8, 6, 2)).astype("float32")
+    y = rng.random((3, 8, 6, 2)).astype("float32")
+    got = np.asarray(losses.focal_frequency_loss(x, y))
+    assert got.shape == (3,)
+    # reference: orthonormal DFT of each image/channel, weights |dF| / max |dF| per image/channel
+    dF = np.fft.fft2(np.moveaxis(_np(y) - _np(x), -1, 1), norm="ortho")
+    d = np.abs(dF) ** 2
+    w = np.sqrt(d) / np.sqrt(d).max(axis=(-2, -1), keepdims=True)
+    np.testing.assert_allclose(got, (w * d).sum(axis=(1, 2, 3)), rtol=1e-4)
+    # alpha = 0: no focusing, i.e. the summed squared pixel error (Parseval)
+    np.testing.assert_allclose(np.asarray(losses.focal_frequency_loss(x, y, alpha=0.0)),
+                               ((_np(x) - _np(y)) ** 2).sum(axis=(1, 2, 3)), rtol=1e-4)
+    assert np.allclose(np.asarray(losses.focal_frequency_loss(x, x)), 0.0, atol=1e-6)
+    # weights are 1 on each image's worst frequency and < 1 elsewhere: below the plain squared error
+    assert np.all(got < ((_np(x) - _np(y)) ** 2).sum(axis=(1, 2, 3)))

@@ -35,7 +35,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from keras_cxr.losses import gaussian_kl
+from keras_cxr.losses import focal_frequency_loss, gaussian_kl
 from keras_cxr.unet import ResidualBlock, _groups
 
 
@@ -84,12 +84,17 @@ def build_decoder(latent_shape, channels, widths, num_res_blocks, name="decoder"
     return keras.Model(z_in, out, name=name)
 
 
-def build_patch_discriminator(image_size, channels, width=32, name="patch_discriminator"):
-    """PatchGAN: three stride-2 convs -> one logit per patch."""
+def build_patch_discriminator(image_size, channels, width=32, norm="none", name="patch_discriminator"):
+    """PatchGAN: three stride-2 convs -> one logit per patch. norm="batch" puts BatchNormalization
+    after the second and third conv, as in pix2pix / taming-transformers' NLayerDiscriminator."""
+    if norm not in ("none", "batch"):
+        raise ValueError(f"disc_norm must be 'none' or 'batch', got {norm!r}")
     x_in = keras.Input((image_size, image_size, channels))
     h = x_in
     for i, w in enumerate((width, width * 2, width * 4)):
-        h = layers.Conv2D(w, 4, strides=2, padding="same", name=f"conv{i}")(h)
+        h = layers.Conv2D(w, 4, strides=2, padding="same", use_bias=(norm == "none" or i == 0), name=f"conv{i}")(h)
+        if norm == "batch" and i > 0:
+            h = layers.BatchNormalization(name=f"norm{i}")(h)
         h = layers.LeakyReLU(0.2)(h)
     out = layers.Conv2D(1, 3, padding="same", name="logits")(h)
     return keras.Model(x_in, out, name=name)
@@ -111,15 +116,22 @@ class AutoencoderKL(keras.Model):
         latent_channels=4,
         kl_weight=1e-6,
         recon="l1",
+        freq_weight=0.0,
         adversarial_weight=0.0,
         disc_start=0,
         disc_width=32,
+        disc_norm="none",
+        disc_warmup=False,
         seed=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if recon not in ("l1", "l2"):
             raise ValueError(f"recon must be 'l1' or 'l2', got {recon!r}")
+        if disc_norm not in ("none", "batch"):
+            raise ValueError(f"disc_norm must be 'none' or 'batch', got {disc_norm!r}")
+        if float(freq_weight) < 0:
+            raise ValueError(f"freq_weight must be >= 0, got {freq_weight}")
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.conditional = bool(conditional)  # the autoencoder itself ignores labels
@@ -129,9 +141,12 @@ class AutoencoderKL(keras.Model):
         self.latent_channels = int(latent_channels)
         self.kl_weight = float(kl_weight)
         self.recon = recon
+        self.freq_weight = float(freq_weight)
         self.adversarial_weight = float(adversarial_weight)
         self.disc_start = int(disc_start)
         self.disc_width = int(disc_width)
+        self.disc_norm = str(disc_norm)
+        self.disc_warmup = bool(disc_warmup)
         self.seed = int(seed)
         factor = 2 ** (len(self.widths) - 1)
         if self.image_size % factor:
@@ -139,7 +154,7 @@ class AutoencoderKL(keras.Model):
         self.encoder = build_encoder(self.image_size, self.channels, self.widths, self.num_res_blocks, self.latent_channels)
         self.decoder = build_decoder(self.latent_shape, self.channels, self.widths, self.num_res_blocks)
         self.discriminator = (
-            build_patch_discriminator(self.image_size, self.channels, self.disc_width) if self.adversarial_weight > 0 else None
+            build_patch_discriminator(self.image_size, self.channels, self.disc_width, self.disc_norm) if self.adversarial_weight > 0 else None
         )
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -197,7 +212,10 @@ class AutoencoderKL(keras.Model):
         z = mean + ops.exp(0.5 * log_var) * eps
         x_hat = self.decode(z, training=training)
         rec_fn = l1_reconstruction if self.recon == "l1" else l2_reconstruction
-        rec = ops.mean(rec_fn(x, x_hat))
+        rec = rec_fn(x, x_hat)
+        if self.freq_weight > 0:
+            rec = rec + self.freq_weight * focal_frequency_loss(x, x_hat)
+        rec = ops.mean(rec)
         kl = ops.mean(spatial_gaussian_kl(mean, log_var))
         return x_hat, rec, kl
 
@@ -240,7 +258,8 @@ class AutoencoderKL(keras.Model):
                        / (ops.norm(ops.reshape(adv_grads[last], (-1,))) + 1e-4), 0.0, 1e4)
         weight = on * self.adversarial_weight * ops.stop_gradient(lam)
         grads = [r + weight * a for r, a in zip(rec_grads, adv_grads)]
-        self.optimizer.apply_gradients(zip(grads + [on * g for g in d_grads], ae_vars + d_vars))
+        d_on = 1.0 if self.disc_warmup else on  # warm-up: D learns from step 0, G's term still waits for disc_start
+        self.optimizer.apply_gradients(zip(grads + [d_on * g for g in d_grads], ae_vars + d_vars))
         self.adv_weight_tracker.update_state(weight)
         # `loss` stays the autoencoder objective (comparable with val_loss); the adversarial part is in g_loss / adv_weight
         return self._update(x, rec, kl, loss, x_hat, d_loss, g_loss)
@@ -267,9 +286,12 @@ class AutoencoderKL(keras.Model):
             "latent_channels": self.latent_channels,
             "kl_weight": self.kl_weight,
             "recon": self.recon,
+            "freq_weight": self.freq_weight,
             "adversarial_weight": self.adversarial_weight,
             "disc_start": self.disc_start,
             "disc_width": self.disc_width,
+            "disc_norm": self.disc_norm,
+            "disc_warmup": self.disc_warmup,
             "seed": self.seed,
         }
 
