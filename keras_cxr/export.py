@@ -162,19 +162,32 @@ Clinical Center.
 """
 
 
-def export_run(run_dir, out, overwrite: bool = False) -> Path:
-    """Export the finished run in `run_dir` to the folder `out` (see module docstring)."""
+def export_run(run_dir, out, overwrite: bool = False, sampling_steps: int | None = None) -> Path:
+    """Export the finished run in `run_dir` to the folder `out` (see module docstring).
+
+    sampling_steps: diffusion models only, the number of DDIM steps the exported `sample*` endpoints
+    run (default: the model's own `sampling_steps`); fewer is faster, more is closer to the data."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
     model, config, info = load_trained_model(run_dir)
+    if sampling_steps is not None:
+        if not hasattr(model, "sampling_steps"):
+            raise UserError(f"--sampling-steps applies to diffusion models; {run_dir} holds a {type(model).__name__}")
+        if isinstance(sampling_steps, bool) or int(sampling_steps) != sampling_steps or int(sampling_steps) < 1:
+            raise UserError(f"--sampling-steps must be a whole number >= 1, got {sampling_steps!r}")
+        model.sampling_steps = int(sampling_steps)
+        config.model_kwargs["sampling_steps"] = int(sampling_steps)
     archive, endpoints = build_archive(model)
     cfg = export_config(model, config, info, endpoints)
 
     tmp = work_folder(out)
     try:
         archive.write_out(str(tmp / "saved_model"), verbose=False)
-        shutil.copy2(Path(run_dir) / "model.keras", tmp / "model.keras")
+        if sampling_steps is None:
+            shutil.copy2(Path(run_dir) / "model.keras", tmp / "model.keras")
+        else:  # the .keras must sample like the SavedModel
+            model.save(tmp / "model.keras")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / "MODEL_CARD.md").write_text(model_card(cfg, info))
         publish_folder(tmp, out)

@@ -202,6 +202,20 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
     assert np.abs(got["guidance0"].astype(int) - got["sample"]).max() <= 1, "guidance 0 = unconditional"
     assert np.abs(got["cond"].astype(int) - got["sample"]).max() > 0, "labels change the samples"
 
+    # --sampling-steps: the exported sampler (SavedModel and .keras) runs that many DDIM steps
+    import tensorflow as tf
+
+    out2 = export_run(ldm_dir, tmp_path / "export2", sampling_steps=2)
+    assert json.loads((out2 / "config.json").read_text())["model_kwargs"]["sampling_steps"] == 2
+    assert keras.saving.load_model(out2 / "model.keras").sampling_steps == 2
+    loaded = tf.saved_model.load(str(out2 / "saved_model"))  # keep a reference: it owns the variables
+    two = loaded.sample(tf.constant(z)).numpy()
+    assert np.abs(two.astype(int) - to_uint8(_np(model.generate(z, steps=2)), "sigmoid")).max() <= 1
+    assert np.abs(two.astype(int) - got["sample"]).max() > 0, "2 steps differ from the run's 4"
+    for bad in (0, 2.5):
+        with pytest.raises(UserError, match="sampling-steps"):
+            export_run(ldm_dir, tmp_path / "bad", sampling_steps=bad)
+
 
 def test_prepare_demo_reuses_a_finished_autoencoder_run(tmp_path):
     """`keras-cxr demo --model ldm` (make demo MODEL=ldm) trains stage 1 unless a finished run exists."""

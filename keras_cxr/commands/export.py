@@ -9,11 +9,13 @@ def add_arguments(p) -> None:
     p.add_argument("--run-dir", required=True, metavar="DIR", help="finished run folder (runs/NAME)")
     p.add_argument("--out", required=True, metavar="DIR", help="export folder, e.g. saved_models/NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.add_argument("--sampling-steps", type=int, default=None, metavar="N",
+                   help="latent diffusion: DDIM steps the exported sampler runs (default: the run's own)")
 
 
 def run(args) -> int:
     from keras_cxr.export import export_run
 
-    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite, sampling_steps=args.sampling_steps)
     print(f"exported to {out} (saved_model/, model.keras, config.json, MODEL_CARD.md)")
     return 0
