@@ -26,7 +26,17 @@ val_loss), `g_loss` = -mean D(x_hat), `d_loss` (hinge; 1.0 = real and fake logit
 (64 px, default widths; benchmarks/results/ldm.md): reconstruction spectrum distance 1.30 without the
 term, 1.22 with a fixed weight of 0.5 on the patch-summed logits, 0.97 with the adaptive weight 0.5.
 In all of these d_loss stays near 1.0: the discriminator keeps pulling the decoder's texture toward
-the real one without ever separating the two.
+the real one without ever separating the two. A second training run of the same preset scored 1.27:
+one run moves this figure by about 0.3.
+
+Options for sharpening experiments, all off by default (measured in benchmarks/results/ldm.md; none
+became the default): `disc_norm="batch"` (BatchNormalization in the discriminator, as
+taming-transformers' NLayerDiscriminator), `disc_warmup=True` (the discriminator learns from step 0,
+the generator's term still waits for `disc_start`) and `freq_weight` (adds freq_weight x the focal
+frequency loss of Jiang et al. 2021, `keras_cxr.losses.focal_frequency_loss`, to the reconstruction
+term). A width-64 BatchNorm discriminator with warm-up took the spectrum distance to 0.41, but the
+decoder answered with stripe artefacts and twice the MAE; the other two stayed within the run-to-run
+spread.
 """
 
 from __future__ import annotations
