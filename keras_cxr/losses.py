@@ -86,10 +86,10 @@ def focal_frequency_loss(x, x_hat, alpha=1.0):
     high ones it blurs away. With alpha = 0 it equals the summed squared pixel error (Parseval)."""
     xt = ops.transpose(ops.cast(x, "float32"), (0, 3, 1, 2))
     yt = ops.transpose(ops.cast(x_hat, "float32"), (0, 3, 1, 2))
-    h, w = xt.shape[-2], xt.shape[-1]
+    pixels = ops.cast(ops.shape(xt)[-2] * ops.shape(xt)[-1], "float32")  # also for unknown static sizes
     diff = yt - xt  # the DFT is linear: F_hat - F = DFT(x_hat - x)
     real, imag = ops.fft2((diff, ops.zeros_like(diff)))
-    dist = (ops.square(real) + ops.square(imag)) / float(h * w)  # orthonormal scaling
+    dist = (ops.square(real) + ops.square(imag)) / pixels  # orthonormal scaling
     mag = ops.sqrt(dist + 1e-12)
     weight = mag / ops.max(mag, axis=(-2, -1), keepdims=True)
     weight = ops.stop_gradient(ops.power(weight, alpha) if alpha != 1.0 else weight)

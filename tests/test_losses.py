@@ -136,3 +136,12 @@ def test_focal_frequency_loss_against_numpy(rng):
     assert np.allclose(np.asarray(losses.focal_frequency_loss(x, x)), 0.0, atol=1e-6)
     # weights are 1 on each image's worst frequency and < 1 elsewhere: below the plain squared error
     assert np.all(got < ((_np(x) - _np(y)) ** 2).sum(axis=(1, 2, 3)))
+
+
+def test_focal_frequency_loss_in_a_graph_with_unknown_image_size(rng):
+    import tensorflow as tf
+
+    x = rng.random((2, 8, 8, 1)).astype("float32")
+    y = rng.random((2, 8, 8, 1)).astype("float32")
+    fn = tf.function(losses.focal_frequency_loss, input_signature=[tf.TensorSpec((None, None, None, 1))] * 2)
+    np.testing.assert_allclose(fn(x, y).numpy(), np.asarray(losses.focal_frequency_loss(x, y)), rtol=1e-5)
