@@ -45,24 +45,30 @@ def main(argv=None) -> int:
     from keras_cxr import evaluation as E
     from keras_cxr.metrics.swd import pyramid_descriptors, swd_from_descriptors
 
-    ref = E.prepare_reference(split="heldout", n=args.n, image_size=64, seed=0, features="none", verbose=0)
-    m = ref.m
-    da = pyramid_descriptors(ref.a, seed=0)
-    floor = swd_from_descriptors(da, pyramid_descriptors(ref.b, seed=0), seed=0)["swd"]
-    print(json.dumps({"m": m, "n": args.n, "floor_half_B": round(floor, 1)}), flush=True)
-    for path in args.exports:
-        gen = E.load_model(path)
-        labels = E._conditional_labels(ref, args.n, 0, gen.config) if gen.config.get("conditional") else None
-        x = E.generate(gen, args.n, seed=0, labels=labels, verbose=0)
-        print(json.dumps({"export": path, **_chunks(da, x, m)}), flush=True)
+    gens = [E.load_model(path) for path in args.exports]
+    ldm = None
     if args.ldm is not None:
         import keras
 
-        from keras_cxr.metrics.spectrum import radial_power_spectrum, spectrum_distance_from_spectra
         from keras_cxr.models import get_model_module
 
         get_model_module("ldm")
         ldm = keras.saving.load_model(args.ldm)
+    sizes = {int(g.config["image_size"]) for g in gens} | ({int(ldm.image_size)} if ldm is not None else set())
+    if len(sizes) != 1:
+        p.error(f"the models differ in image size ({sorted(sizes)}); give models of one size")
+    ref = E.prepare_reference(split="heldout", n=args.n, image_size=sizes.pop(), seed=0, features="none", verbose=0)
+    m = ref.m
+    da = pyramid_descriptors(ref.a, seed=0)
+    floor = swd_from_descriptors(da, pyramid_descriptors(ref.b, seed=0), seed=0)["swd"]
+    print(json.dumps({"m": m, "n": args.n, "floor_half_B": round(floor, 1)}), flush=True)
+    for path, gen in zip(args.exports, gens):
+        labels = E._conditional_labels(ref, args.n, 0, gen.config) if gen.config.get("conditional") else None
+        x = E.generate(gen, args.n, seed=0, labels=labels, verbose=0)
+        print(json.dumps({"export": path, **_chunks(da, x, m)}), flush=True)
+    if ldm is not None:
+        from keras_cxr.metrics.spectrum import radial_power_spectrum, spectrum_distance_from_spectra
+
         labels = E._conditional_labels(ref, args.n, 0, {"num_classes": ldm.num_classes})
         z = np.random.default_rng(0).standard_normal((args.n, *ldm.noise_shape)).astype("float32")
         spec_a = radial_power_spectrum(ref.a)
