@@ -24,6 +24,7 @@ VERBS = {
     "evaluate": "evaluate",
     "compare": "compare",
     "utility": "utility",
+    "weights": "weights",
 }
 
 
