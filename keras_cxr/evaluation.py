@@ -12,11 +12,13 @@ this module never imports training code. What is measured, per row of the table:
   * "generated": the first m generated images (all n for diversity / spectrum / memorisation),
   * "real floor": B (the best a perfect generator can score at this m),
   * "blurred real": B blurred with a Gaussian of sigma=1 px (what blur alone costs).
-- metrics: FID and KID on the chosen features (`cxr` classifier features, `inception`, a .keras
-  model, or none), SWD, spectrum distance, precision / recall / density / coverage, MS-SSIM
-  diversity, memorisation (nearest training image; threshold from A), and for conditional models
-  label fidelity (AUROC per finding of the classifier on generated-for-finding vs others, beside
-  its AUROC on real held-out images).
+- metrics: FID and KID on the chosen features (default `auto`: `inception`, the standard FID
+  InceptionV3, when `keras-cxr weights fid-inception` has converted its weights, else `cxr`, the
+  finding classifier's features; or a .keras model, or none); with `inception` and a classifier,
+  FID / KID on the `cxr` features too, as second columns (`fid_cxr`, `kid_cxr`); SWD, spectrum
+  distance, precision / recall / density / coverage, MS-SSIM diversity, memorisation (nearest
+  training image; threshold from A), and for conditional models label fidelity (AUROC per finding
+  of the classifier on generated-for-finding vs others, beside its AUROC on real held-out images).
 Deterministic for a given `seed`.
 """
 
@@ -113,6 +115,7 @@ class RealReference:
     has_labels: bool
     train_records: object
     extractor: object = None
+    second_extractor: object = None  # the cxr classifier features beside inception (fid_cxr, kid_cxr)
     seed: int = 0
     cache: dict = field(default_factory=dict)
 
@@ -130,14 +133,17 @@ class RealReference:
 
 
 def prepare_reference(*, real=None, metadata=None, split="val", split_seed=0, n=1000, image_size=64, seed=0,
-                      features="cxr", classifier=None, inception_weights=None, max_train=None, views=None,
+                      features="auto", classifier=None, inception_weights=None, max_train=None, views=None,
                       batch_size=64, verbose=1) -> RealReference:
     from custom_datasets import label_matrix, load_records
-    from keras_cxr.metrics.features import get_extractor
+    from keras_cxr.metrics.features import get_extractor, resolve_features
 
-    extractor = None  # first: a missing weights file or classifier stops before any data is read
+    extractor = second = None  # first: a missing weights file or classifier stops before any data is read
+    features = resolve_features(features)
     if features not in (None, "none"):
         extractor = get_extractor(features, classifier=classifier, inception_weights=inception_weights)
+        if classifier is not None and extractor.name.startswith("inception"):
+            second = get_extractor("cxr", classifier=classifier)
     if split == "heldout":  # every image of patients outside the training split (val + test)
         import pandas as pd
 
@@ -162,15 +168,15 @@ def prepare_reference(*, real=None, metadata=None, split="val", split_seed=0, n=
     return RealReference(image_size=image_size, split=split, findings=list(records.attrs.get("findings", ())),
                          a=a, b=b, labels_a=label_matrix(rec_a), labels_b=label_matrix(rec_b),
                          has_labels=bool(records.attrs.get("has_labels")), train_records=train, extractor=extractor,
-                         seed=seed)
+                         second_extractor=second, seed=seed)
 
 
 # --------------------------------------------------------------------------- metrics of one set
-def _features(ref, key, images, batch_size):
+def _features(ref, key, images, batch_size, extractor=None):
     from keras_cxr.metrics.features import extract_features
 
     if key not in ref.cache:
-        ref.cache[key] = extract_features(images, ref.extractor, batch_size)
+        ref.cache[key] = extract_features(images, extractor or ref.extractor, batch_size)
     return ref.cache[key]
 
 
@@ -195,6 +201,12 @@ def set_metrics(ref: RealReference, key: str, images: np.ndarray, *, batch_size=
         kid = kid_from_features(fa, fs, subset_size=min(1000, max(2, m // 2)), seed=seed)
         row["kid"], row["kid_std"] = kid["mean"], kid["std"]
         row.update({k: v for k, v in precision_recall_from_features(fa, fs).items() if k != "k"})
+    if ref.second_extractor is not None:
+        ga = _features(ref, "cxr:A", ref.a, batch_size, ref.second_extractor)
+        gs = _features(ref, f"cxr:{key}", paired, batch_size, ref.second_extractor)
+        row["fid_cxr"] = fid_from_features(ga, gs)
+        kid = kid_from_features(ga, gs, subset_size=min(1000, max(2, m // 2)), seed=seed)
+        row["kid_cxr"], row["kid_cxr_std"] = kid["mean"], kid["std"]
     if "swd:A" not in ref.cache:
         ref.cache["swd:A"] = pyramid_descriptors(ref.a, seed=seed)
     s = swd_from_descriptors(ref.cache["swd:A"], pyramid_descriptors(paired, seed=seed), seed=seed)
@@ -296,7 +308,7 @@ def _model_name(model) -> str:
     return str(getattr(model, "name", None) or model.config.get("name") or type(model).__name__)
 
 
-def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=1000, features="cxr", classifier=None,
+def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=1000, features="auto", classifier=None,
             inception_weights=None, seed=0, batch_size=64, max_train=None, label_samples=16, names=None, out=None,
             verbose=1, _single=False) -> dict:
     """Evaluate several generators on the same real sets and seed; write the report when `out`."""
@@ -375,6 +387,9 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
         "models": names, "seed": seed, "elapsed_s": None,
         "extractor": None if ref.extractor is None else {"name": ref.extractor.name,
                                                           "description": ref.extractor.description},
+        "second_extractor": None if ref.second_extractor is None else {
+            "name": ref.second_extractor.name, "description": ref.second_extractor.description,
+            "columns": ["fid_cxr", "kid_cxr"]},
         "classifier": None if clf is None else {"path": str(clf.path), "val_auroc": clf.config.get("val_auroc"),
                                                 "val_mean_auroc": clf.config.get("val_mean_auroc")},
         "counts": {"n_generated": int(n), "n_per_set": ref.m, "n_train": mem["n_train"], "split": split,

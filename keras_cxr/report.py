@@ -18,6 +18,8 @@ import numpy as np
 COLUMNS = [  # key, header, format, how to read
     ("fid", "FID", "{:.2f}", "lower is better"),
     ("kid", "KID ×1e3", None, "unbiased; ~0 = same distribution"),
+    ("fid_cxr", "FID (cxr)", "{:.2f}", "FID on the finding classifier's features; comparable within one table only"),
+    ("kid_cxr", "KID ×1e3 (cxr)", None, "KID on the finding classifier's features"),
     ("swd", "SWD ×1e3", "{:.1f}", "Laplacian-pyramid patches; lower is better"),
     ("spectrum", "Spectrum dist. (bias)", None, "decades of high-frequency power off; bias < 0 = blur, > 0 = noise"),
     ("precision", "Precision", "{:.3f}", "fidelity; real floor ≈ its value"),
@@ -33,10 +35,10 @@ def _fmt(row, key, fmt):
         if "spectrum" not in row:
             return "–"
         return f"{row['spectrum']:.3f} ({row.get('spectrum_bias', float('nan')):+.2f})"
-    if key == "kid":
-        if "kid" not in row:
+    if key in ("kid", "kid_cxr"):
+        if key not in row:
             return "–"
-        return f"{1e3 * row['kid']:.2f} ± {1e3 * row['kid_std']:.2f}"
+        return f"{1e3 * row[key]:.2f} ± {1e3 * row[key + '_std']:.2f}"
     v = row.get(key)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"

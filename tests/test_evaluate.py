@@ -71,6 +71,7 @@ def workdir(tmp_path_factory, sample_dir):
 def evaluated(workdir):
     out = workdir["root"] / "report"
     code = main(["evaluate", "--model", str(workdir["cond"]), "--real", str(workdir["data"]), "--n", str(N),
+                 "--features", "cxr",  # explicit: the default is inception wherever its weights are converted
                  "--classifier", str(workdir["cls"]), "--label-samples", "4", "--seed", "3", "--out", str(out)])
     assert code == 0
     return out
@@ -127,8 +128,8 @@ def test_report_html_is_self_contained_and_references_existing_figures(evaluated
 def test_evaluate_is_deterministic(workdir, evaluated):
     from keras_cxr.evaluation import evaluate
 
-    again = evaluate(str(workdir["cond"]), real=str(workdir["data"]), n=N, classifier=str(workdir["cls"]),
-                     label_samples=4, seed=3, verbose=0)
+    again = evaluate(str(workdir["cond"]), real=str(workdir["data"]), n=N, features="cxr",
+                     classifier=str(workdir["cls"]), label_samples=4, seed=3, verbose=0)
     first = json.loads((evaluated / "metrics.json").read_text())
     for name, row in again["rows"].items():
         for key, value in row.items():

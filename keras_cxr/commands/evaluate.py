@@ -22,14 +22,17 @@ def add_evaluation_arguments(p) -> None:
                    help="search at most this many training images for memorisation (default: all)")
     m = p.add_argument_group("metrics")
     m.add_argument("--n", type=int, default=1000, help="generated samples per model (default 1000)")
-    m.add_argument("--features", default="cxr", metavar="cxr|inception|none|PATH",
-                   help="feature extractor for FID/KID/precision-recall: cxr (the finding classifier), inception "
-                        "(ImageNet InceptionV3), none, or a .keras feature model (default cxr)")
+    m.add_argument("--features", default="auto", metavar="auto|inception|cxr|none|PATH",
+                   help="feature extractor for FID/KID/precision-recall: inception (the standard FID InceptionV3; "
+                        "convert its weights once with `keras-cxr weights fid-inception`), cxr (the finding "
+                        "classifier; with inception it is a second FID/KID column), none, or a .keras feature "
+                        "model (default auto: inception when its weights are converted, else cxr)")
     m.add_argument("--classifier", metavar="DIR", default=None,
                    help="finding-classifier export (keras-cxr train-classifier); default saved_models/classifier "
                         "when present. Gives the cxr features and judges label fidelity")
     m.add_argument("--inception-weights", metavar="H5", default=None,
-                   help="local InceptionV3 no-top ImageNet weights file (no internet needed)")
+                   help="a fid_inception_v3.weights.h5 (default: the one in the Keras cache), or a keras.applications "
+                        "InceptionV3 no-top ImageNet .h5 (not the FID network)")
     m.add_argument("--label-samples", type=int, default=16,
                    help="samples per finding for label fidelity of conditional models (default 16)")
     m.add_argument("--seed", type=int, default=0, help="seed for sampling, real-set split and metrics (default 0)")

@@ -1,9 +1,17 @@
 """Feature extractors by name, for FID / KID / precision-recall / memorisation.
 
-- `"inception"`: `keras.applications.InceptionV3` (ImageNet weights, average-pooled 2048-d
-  features at 299 px). The weights are downloaded by Keras on first use; when that fails (no
-  internet) a `UserError` says so and how to pass a local weights file
-  (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`). Nothing is silently substituted.
+- `"inception"`: the standard FID InceptionV3 (TensorFlow's `inception-2015-12-05`, pool_3 2048-d,
+  `keras_cxr.metrics.fid_inception`), the network of every published FID. Its weights come from
+  `keras-cxr weights fid-inception` (converted once into the Keras cache); absent, a `UserError`
+  says to run it. Images are quantised to uint8, gray repeated to three channels, then resized
+  (TF1 bilinear, 299 px) and scaled inside the network, as the reference pipelines do.
+  `inception_weights=PATH`: a `*.weights.h5` file is taken as converted FID weights; any other
+  `.h5` as `keras.applications.InceptionV3` ImageNet no-top weights
+  (`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`, extractor "inception-imagenet":
+  NOT the FID network, its numbers do not compare with the literature's). Nothing is silently
+  substituted.
+- `"auto"` (the evaluate / compare default): "inception" when the converted FID weights are
+  present, else "cxr".
 - `"cxr"`: the penultimate features of the project's finding classifier (an export written by
   `keras-cxr train-classifier`: its SavedModel `features(uint8) -> float32` endpoint).
 - a path: a `.keras` feature model (fed float32 images in [0, 1], resized to its input size, gray
@@ -21,7 +29,7 @@ import numpy as np
 from keras_cxr.errors import UserError
 from keras_cxr.metrics._images import iter_batches, to_uint8
 
-INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"  # keras.applications, not FID
 
 
 class FeatureExtractor:
@@ -40,25 +48,53 @@ class FeatureExtractor:
         return f"FeatureExtractor({self.name!r})"
 
 
+def resolve_features(spec):
+    """"auto" -> "inception" when the converted FID Inception weights are present, else "cxr"."""
+    if isinstance(spec, str) and spec == "auto":
+        from keras_cxr.weights import fid_inception_available
+
+        return "inception" if fid_inception_available() else "cxr"
+    return spec
+
+
+def fid_inception_extractor(weights=None) -> FeatureExtractor:
+    """FID InceptionV3 pool_3 features; `weights`: None (the converted file in the Keras cache) or a
+    `fid_inception_v3.weights.h5` path."""
+    import tensorflow as tf
+
+    from keras_cxr.metrics.fid_inception import fid_inception_v3
+
+    net = fid_inception_v3(weights=str(weights) if weights else "fid")
+
+    @tf.function(reduce_retracing=True)
+    def run(x):
+        return net(tf.repeat(x, 3, axis=-1), training=False)
+
+    def call(images01):  # quantised to 0..255 first, like the reference pipelines' uint8 PNG input
+        return run(tf.constant(to_uint8(images01).astype(np.float32))).numpy()
+
+    return FeatureExtractor("inception", call,
+                            "FID InceptionV3 (TF inception-2015-12-05) pool_3 2048-d at 299 px")
+
+
 def inception_extractor(weights=None) -> FeatureExtractor:
-    """InceptionV3 pool features. `weights`: None -> "imagenet" (download / Keras cache) or a local
-    .h5 path of the no-top ImageNet weights."""
+    """The FID Inception network (see `fid_inception_extractor`), or, for an explicit `weights` path
+    that is not a `.weights.h5`, keras.applications' ImageNet InceptionV3 from that no-top .h5 file."""
+    if weights is not None and not Path(weights).is_file():
+        raise UserError(f"--inception-weights {weights}: no such file")
+    if weights is None or str(weights).endswith(".weights.h5"):
+        return fid_inception_extractor(weights)
     import keras
     import tensorflow as tf
 
-    if weights is not None and not Path(weights).is_file():
-        raise UserError(f"--inception-weights {weights}: no such file")
     try:
-        net = keras.applications.InceptionV3(
-            include_top=False, pooling="avg", input_shape=(299, 299, 3),
-            weights=str(weights) if weights else "imagenet",
-        )
-    except Exception as exc:  # download failure (URL fetch failure) or a bad file
+        net = keras.applications.InceptionV3(include_top=False, pooling="avg", input_shape=(299, 299, 3),
+                                             weights=str(weights))
+    except Exception as exc:  # a bad file
         raise UserError(
-            "InceptionV3 ImageNet weights could not be loaded "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); FID/KID on 'inception' need them. "
-            f"Download {INCEPTION_NOTOP} on a machine with internet and pass --inception-weights PATH "
-            "(or put it in ~/.keras/models/), or use --features cxr"
+            f"--inception-weights {weights}: not InceptionV3 no-top ImageNet weights "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); for the standard FID network run "
+            "`keras-cxr weights fid-inception` and leave --inception-weights out"
         ) from None
 
     @tf.function(reduce_retracing=True)
@@ -67,8 +103,8 @@ def inception_extractor(weights=None) -> FeatureExtractor:
         x = tf.repeat(x, 3, axis=-1) * 2.0 - 1.0  # inception preprocess_input: [-1, 1]
         return net(x, training=False)
 
-    return FeatureExtractor("inception", lambda x: run(tf.constant(x)).numpy(),
-                            "InceptionV3 (ImageNet) avg-pool 2048-d at 299 px")
+    return FeatureExtractor("inception-imagenet", lambda x: run(tf.constant(x)).numpy(),
+                            "keras.applications InceptionV3 (ImageNet, not the FID network) avg-pool 2048-d")
 
 
 def classifier_extractor(path) -> FeatureExtractor:
@@ -114,7 +150,7 @@ def get_extractor(spec, *, classifier=None, inception_weights=None) -> FeatureEx
         return spec
     if callable(spec):
         return FeatureExtractor(getattr(spec, "name", type(spec).__name__), spec)
-    spec = str(spec)
+    spec = str(resolve_features(str(spec)))
     if spec == "inception":
         return inception_extractor(inception_weights)
     if spec == "cxr":
@@ -127,7 +163,7 @@ def get_extractor(spec, *, classifier=None, inception_weights=None) -> FeatureEx
         return classifier_extractor(path)
     if path.suffix == ".keras" and path.is_file():
         return keras_model_extractor(path)
-    raise UserError(f"--features {spec}: use 'cxr', 'inception', a .keras feature model or a classifier export folder")
+    raise UserError(f"--features {spec}: use 'auto', 'cxr', 'inception', a .keras feature model or a classifier export folder")
 
 
 def extract_features(images, extractor, batch_size: int = 64, value_range=None) -> np.ndarray:
