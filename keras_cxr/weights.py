@@ -27,6 +27,7 @@ it, and writes `fid_inception_v3.weights.h5` atomically into the Keras cache fol
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import os
@@ -342,9 +343,26 @@ def keras_weights_from_archive(root, model):
     return out
 
 
+def _save_weights_atomically(model, out: Path) -> None:
+    """`model.save_weights` into a fresh temporary file beside `out` (created exclusively), renamed
+    over `out` only once complete: an interrupted conversion never leaves a half-written cache file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.weights.h5", dir=out.parent)
+    os.close(fd)
+    try:
+        model.save_weights(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a cache file like Keras' own downloads, not mkstemp's 0600
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def convert_archive(archive, out=None) -> Path:
     """TorchScript archive -> `fid_inception_v3.weights.h5` (atomic write); returns the path."""
-    from keras_cxr.fileio import atomic_path
     from keras_cxr.metrics.fid_inception import fid_inception_v3
 
     out = Path(out) if out is not None else fid_inception_path()
@@ -353,12 +371,7 @@ def convert_archive(archive, out=None) -> Path:
     for layer, arrays in keras_weights_from_archive(root, model):
         layer.set_weights(arrays)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp:
-            model.save_weights(str(tmp))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # a cache file like Keras' own downloads, not mkstemp's 0600
+        _save_weights_atomically(model, out)
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out
