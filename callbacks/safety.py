@@ -90,3 +90,108 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         with open(meta_tmp, "w") as f:
             f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
         os.replace(meta_tmp, self._training_metadata_path)
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """`CSVLogger(append=True)` that never writes two rows for one epoch.
+
+    A run resumed after a crash re-runs the epochs after its last backup; rows an earlier session
+    wrote for those epochs (it may have died after the CSV row but before the backup) are dropped,
+    atomically, before this session's first row for them is appended."""
+
+    def __init__(self, filename, separator=","):
+        super().__init__(filename, separator=separator, append=True)
+        self._checked = False
+
+    def on_train_begin(self, logs=None):
+        self._checked = False
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._checked:
+            self._checked = True
+            self._drop_rows_from(epoch)
+        super().on_epoch_end(epoch, logs)
+
+    def _drop_rows_from(self, epoch: int) -> None:
+        import csv
+        import io
+
+        from keras_cxr.fileio import write_text
+
+        path = Path(self.filename)
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        text = path.read_text(encoding="utf-8", errors="replace")
+        rows = list(csv.reader(io.StringIO(text), delimiter=self.sep))
+        if not rows or "epoch" not in rows[0]:
+            return
+        col = rows[0].index("epoch")
+
+        def keep(row):
+            try:
+                return int(float(row[col])) < epoch
+            except (IndexError, ValueError):
+                return False  # a torn last line of a crashed session
+
+        kept = [rows[0]] + [r for r in rows[1:] if keep(r)]
+        if len(kept) == len(rows):
+            return
+        buf = io.StringIO()
+        csv.writer(buf, delimiter=self.sep, lineterminator="\n").writerows(kept)
+        # CSVLogger keeps its file open in append mode: reopen it on the rewritten file
+        if self.csv_file is not None:
+            self.csv_file.close()
+        write_text(path, buf.getvalue())
+        self.csv_file = open(path, "a", encoding="utf-8")
+        self.append_header = False
+
+
+class DiskSpaceGuard(keras.callbacks.Callback):
+    """Stop training cleanly, with one line, before a full disk can break the run.
+
+    Checked when training starts and at the end of every epoch, BEFORE the checkpoint, backup and
+    log callbacks that follow it in the list write anything: if the free space in `folder` is less
+    than what one epoch's outputs need (about three copies of the model's variables, for the epoch
+    checkpoint, the backup and the final model, plus `margin_bytes` for logs and sample grids), it
+    raises `DiskFullError`. The last finished epoch's backup is left intact, so rerunning the same
+    command once space is freed resumes from it. (TensorFlow's own writers can crash the process
+    when a disk fills under them; this check keeps them from getting there.)"""
+
+    def __init__(self, folder, margin_bytes: int = 64 * 1024**2):
+        super().__init__()
+        self.folder = Path(folder)
+        self.margin_bytes = int(margin_bytes)
+
+    def needed_bytes(self) -> int:
+        def nbytes(variables):  # float32 upper bound: 4 bytes an element
+            return sum(4 * math.prod(int(d or 1) for d in v.shape) for v in variables or [])
+
+        optimizer = getattr(self.model, "optimizer", None)
+        return 3 * (nbytes(self.model.variables) + nbytes(getattr(optimizer, "variables", None))) + self.margin_bytes
+
+    def check(self, when: str) -> None:
+        import shutil
+
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            return
+        need = self.needed_bytes()
+        if free < need:
+            raise DiskFullError(
+                f"disk nearly full: {free / 1024**2:.0f} MB free in {self.folder}, {when} needs about "
+                f"{need / 1024**2:.0f} MB; free some space and rerun the same command to resume "
+                "(the last finished epoch is kept)")
+
+    def on_train_begin(self, logs=None):
+        self.check("training")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check(f"saving epoch {epoch + 1}")
+
+
+class DiskFullError(UserError):
+    """The disk filled (or nearly): nothing the user typed was wrong, so exit code 1."""
+
+    exit_code = 1

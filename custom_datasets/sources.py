@@ -81,14 +81,31 @@ def find_images(folder) -> dict:
     """Map image file name (e.g. `00000001_000.png`) -> path, searching `folder` recursively.
 
     When one name occurs twice (e.g. `images/` and `originals/` copies) the first in sorted path
-    order wins.
+    order wins. Linked folders are followed (each real folder once).
+    Folders keras-cxr wrote (samples, exports, runs, reports: marked with `.keras-cxr.json`) hold
+    generated images, never real ones: they are skipped, and a data folder that is one is an error.
     """
+    from keras_cxr.fileio import is_project_output, marker_kind
+
     folder = Path(folder)
     if folder.is_file():
         raise DataError(f"{folder} is a file; --data wants a folder of PNGs or prepared shards")
+    if is_project_output(folder):
+        raise DataError(f"{folder} is a keras-cxr {marker_kind(folder)} folder: its images are generated, "
+                        "not real X-rays; point --data at real NIH images")
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link loop, or the same folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        root = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_project_output(root / d))
+        found += [root / f for f in files if f.lower().endswith(".png") and not f.startswith(".")]
     out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file():
+    for p in sorted(found):
+        if p.is_file():
             out.setdefault(p.name, p)
     return out
 
@@ -319,3 +336,23 @@ def label_matrix(records):
 
     findings = records.attrs.get("findings", FINDINGS)
     return records[list(findings)].to_numpy(dtype=np.float32)
+
+
+def find_undecodable(records, limit: int = 5) -> list:
+    """[(name, path, reason)] of up to `limit` images in `records` whose pixel data does not decode
+    (the header check `check_png` cannot see that). For the failure path of a training whose input
+    pipeline hit a broken PNG: TensorFlow's error does not name the file, this finds it."""
+    from PIL import Image
+
+    bad = []
+    if "path" not in getattr(records, "columns", ()):
+        return bad
+    for name, path in zip(records["image_index"].tolist(), records["path"].tolist()):
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
+            bad.append((name, path, (str(exc).splitlines() or [type(exc).__name__])[0][:100]))
+            if len(bad) >= limit:
+                break
+    return bad

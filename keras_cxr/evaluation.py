@@ -316,6 +316,12 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
     models = list(models)
     if not models:
         raise UserError("no models to evaluate")
+    if out is not None:  # before any long work: the report folder may be written, and replaces nothing of the user's
+        from keras_cxr.fileio import check_output
+
+        paths = [m for m in models if isinstance(m, (str, Path))]
+        out = check_output(out, "report", inputs=[*paths, *(resolve_model_path(m) for m in paths), real, metadata,
+                                                  classifier])
     if classifier is None and Path("saved_models/classifier/saved_model").is_dir():
         classifier = "saved_models/classifier"
     gens = [load_model(m) for m in models]

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from keras_cxr.errors import UserError
-from keras_cxr.fileio import clean_stale, publish_folder, work_folder  # noqa: F401 (re-exported)
+from keras_cxr.fileio import check_output, clean_stale, publish_folder, work_folder  # noqa: F401 (re-exported)
 
 
 def load_trained_model(run_dir):
@@ -167,9 +167,7 @@ def export_run(run_dir, out, overwrite: bool = False, sampling_steps: int | None
 
     sampling_steps: diffusion models only, the number of DDIM steps the exported `sample*` endpoints
     run (default: the model's own `sampling_steps`); fewer is faster, more is closer to the data."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    out = check_output(out, "export", overwrite=overwrite, inputs=[run_dir])
     model, config, info = load_trained_model(run_dir)
     if sampling_steps is not None:
         if not hasattr(model, "sampling_steps"):
@@ -190,7 +188,7 @@ def export_run(run_dir, out, overwrite: bool = False, sampling_steps: int | None
             model.save(tmp / "model.keras")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / "MODEL_CARD.md").write_text(model_card(cfg, info))
-        publish_folder(tmp, out)
+        publish_folder(tmp, out, "export")
     except OSError as exc:  # e.g. ENOSPC: the previous export (if any) is untouched
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"export to {out} failed, nothing was changed there: {exc.strerror or exc}"

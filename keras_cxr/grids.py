@@ -86,7 +86,8 @@ def save_png(image, path) -> Path:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    tmp.replace(path)
+    from keras_cxr.fileio import atomic_path
+
+    with atomic_path(path) as tmp:  # an exclusive temporary name: a planted link is never followed
+        Image.fromarray(arr).save(tmp, format="PNG")
     return path

@@ -327,7 +327,7 @@ def _prepare_out(out) -> tuple[Path, Path]:
 def _publish(work: Path, out) -> Path:
     from keras_cxr.fileio import publish_folder
 
-    publish_folder(work, Path(out))
+    publish_folder(work, Path(out), "report")
     return Path(out)
 
 

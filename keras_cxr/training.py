@@ -44,6 +44,7 @@ from pathlib import Path
 
 from keras_cxr.config import TrainConfig, apply_overrides, with_preset
 from keras_cxr.errors import DataError, UserError
+from keras_cxr.fileio import read_json_file
 
 # run.json / config.json keys that may differ between an interrupted run and its resume
 _RESUME_FREE_KEYS = {"run_dir"}
@@ -72,14 +73,22 @@ def _same_config(a: dict, b: dict) -> list:
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, overwrite: bool) -> None:
     """Fresh run, resume of an interrupted run with the same config, or a clear error."""
+    from keras_cxr.fileio import LOCK, _remove
+
     cfg_path, run_json = run_dir / "config.json", run_dir / "run.json"
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if not cfg_path.is_file():
+    old = json.loads(TrainConfig.load(cfg_path).to_json()) if cfg_path.is_file() else None
+    if old is not None and old.get("model") != config.model:
+        raise UserError(f"--run-dir {run_dir} holds a {old.get('model')} run, not a {config.model} one; "
+                        "choose another --run-dir")
+    if overwrite and run_dir.exists():  # everything but the lock this process holds
+        for entry in run_dir.iterdir():
+            if entry.name != LOCK:
+                _remove(entry)
         return
-    if run_json.is_file() and json.loads(run_json.read_text()).get("completed"):
+    if old is None:
+        return
+    if run_json.is_file() and read_json_file(run_json, "run.json").get("completed"):
         raise UserError(f"{run_dir} already holds a finished run; choose another --run-dir or pass --overwrite")
-    old = json.loads(TrainConfig.load(cfg_path).to_json())
     # values a model measures during training and records in model_kwargs (the LDM's latent_scale):
     # an interrupted run resumes with the measured value instead of calling it a config change
     from keras_cxr.models import get_model_module
@@ -95,6 +104,21 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, overwrite: bool) -> Non
             f"{run_dir} holds an interrupted run with a different config ({', '.join(diff)}); "
             "rerun the same command to resume, choose another --run-dir, or pass --overwrite"
         )
+
+
+def _raise_undecodable(*record_sets) -> None:
+    """DataError naming the images that do not decode (TensorFlow's decode error names none)."""
+    from custom_datasets.sources import find_undecodable
+
+    print("training stopped on an image that does not decode; searching the data for it ...", file=sys.stderr)
+    for records in record_sets:
+        if records is None:
+            continue
+        bad = find_undecodable(records)
+        if bad:
+            shown = ", ".join(f"{path} ({why})" for _, path, why in bad[:3])
+            raise DataError(f"cannot decode {len(bad)}{'+' if len(bad) >= 5 else ''} image(s): {shown}; remove "
+                            "them, or run `keras-cxr prepare`, which skips images that do not decode")
 
 
 def _load_records(config: TrainConfig):
@@ -170,10 +194,10 @@ def make_callbacks(config: TrainConfig, model, run_dir: Path, work_dir: Path, fi
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # order matters: logs first, the backup last, so a process killed right after the backup has
     # also written that epoch's CSV row, TensorBoard scalars and checkpoint
-    out = [cb.TerminateOnNaN(checkpoint_dir=ckpt_dir)]
+    out = [cb.TerminateOnNaN(checkpoint_dir=ckpt_dir), cb.DiskSpaceGuard(work_dir)]
     if chief:
         out += [
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+            cb.HistoryLogger(str(run_dir / "history.csv")),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False, update_freq="epoch",
                                         profile_batch=0),
             cb.SampleGrid(run_dir / "samples", every=config.sample_every, log_dir=run_dir / "logs" / "samples",
@@ -241,6 +265,30 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
 
     chief = distribute.is_chief(strategy)
     run_dir = Path(config.run_dir)
+    lock = None
+    if chief:  # before any long work: the run folder is ours to write, and only this process writes it
+        from keras_cxr.fileio import RunLock, check_output
+
+        check_output(run_dir, "run", inputs=[config.data, config.metadata, config.autoencoder], flag="--run-dir")
+        lock = RunLock(run_dir).acquire()
+    try:
+        run_json = run_dir / "run.json"
+        if chief and not overwrite and run_json.is_file() and read_json_file(run_json).get("completed"):
+            raise UserError(f"{run_dir} already holds a finished run; choose another --run-dir or pass --overwrite")
+        return _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite, verbose,
+                             extra_callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+            if run_dir.is_dir() and not any(run_dir.iterdir()):  # nothing was started: leave no folder behind
+                run_dir.rmdir()
+
+
+def _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite, verbose, extra_callbacks):
+    import tensorflow as tf
+
+    from keras_cxr import distribute
+
     task_type, task_id = distribute.worker_info(strategy)
     work_dir = run_dir if chief else run_dir / "workers" / f"{task_type}-{task_id}"
     records, val_records = _load_records(config)
@@ -254,6 +302,9 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
         model = module.build_model(config)
     train_ds, steps, val_ds = make_datasets(config, module, model, records, val_records, strategy)
     if chief:  # written once model and data are built: a config that cannot run leaves no run behind
+        from keras_cxr.fileio import write_marker
+
+        write_marker(run_dir, "run")
         config.save(run_dir / "config.json")
     cbs = make_callbacks(config, model, run_dir, work_dir, findings, chief) + list(extra_callbacks)
 
@@ -282,6 +333,18 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
     try:
         history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, validation_data=val_ds,
                             callbacks=cbs, verbose=verbose, shuffle=False)
+    except tf.errors.DataLossError as exc:  # a truncated / damaged TFRecord shard
+        shards = sorted(records.attrs.get("shards") or [])
+        where = f" in {Path(shards[0]).parent}" if shards else ""
+        lines = [ln.strip() for ln in str(exc).splitlines() if "record" in ln] or [type(exc).__name__]
+        detail = lines[0][:160]
+        raise DataError(f"a prepared shard file{where} is truncated or damaged ({detail}); run `keras-cxr prepare` "
+                        "again to rewrite the shards") from None
+    except tf.errors.InvalidArgumentError as exc:  # a PNG that passed the header check but does not decode
+        if "DecodePng" not in str(exc) and "PNG" not in str(exc):
+            raise
+        _raise_undecodable(records, val_records)
+        raise
     except NonFiniteLossError as exc:  # name the input that usually causes it
         rates = ", ".join(f"compile.{k}={v:g}" for k, v in sorted(config.compile_kwargs.items())
                           if "learning_rate" in k and isinstance(v, (int, float)))
@@ -302,7 +365,7 @@ def load_run(run_dir):
         raise UserError(f"run dir {run_dir} does not exist")
     config = TrainConfig.load(run_dir / "config.json")
     info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json_file(info_path, "run.json") if info_path.is_file() else {}
     if not (run_dir / "model.keras").is_file():
         raise UserError(f"{run_dir} has no model.keras (training not finished?); rerun the train command to resume")
     return config, info

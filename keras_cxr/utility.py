@@ -335,11 +335,14 @@ def synthetic_dataset(folder, *, image_size: int, channels: int = 1, shuffle: bo
     from custom_datasets.pipeline import normalize
 
     folder = Path(folder)
-    try:
-        manifest = json.loads((folder / SYNTHETIC_MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{folder} is not a synthetic image folder ({SYNTHETIC_MANIFEST}: {exc})") from None
-    files = [str(folder / s) for s in manifest["shards"]]
+    from keras_cxr.fileio import confined, read_json_file
+
+    if not (folder / SYNTHETIC_MANIFEST).is_file():
+        raise DataError(f"{folder} is not a synthetic image folder (no {SYNTHETIC_MANIFEST})")
+    manifest = read_json_file(folder / SYNTHETIC_MANIFEST, SYNTHETIC_MANIFEST)
+    if not isinstance(manifest.get("shards"), list) or not isinstance(manifest.get("findings"), list):
+        raise DataError(f"{folder / SYNTHETIC_MANIFEST} is damaged: 'shards' and 'findings' must be lists")
+    files = [str(confined(folder, s, "shard")) for s in manifest["shards"]]
     f = len(manifest["findings"])
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "labels": tf.io.FixedLenFeature([f], tf.float32)}
     size = int(image_size)
@@ -488,6 +491,9 @@ def run_utility(cfg: UtilityConfig, generator=None) -> dict:
     from custom_datasets import label_matrix
 
     _check(cfg)
+    from keras_cxr.fileio import check_output
+
+    check_output(cfg.out, "report", inputs=[cfg.model, cfg.data, cfg.metadata])
     regimes = [r for r in REGIMES if r in cfg.regimes]
     if generator is None and any(r in _NEEDS_GENERATOR for r in regimes):
         from keras_cxr.evaluation import load_model
@@ -507,19 +513,13 @@ def run_utility(cfg: UtilityConfig, generator=None) -> dict:
     y_train = label_matrix(train)
     y_test = label_matrix(test)
 
-    from keras_cxr.fileio import publish_folder, work_folder
+    from keras_cxr.fileio import publishing
 
-    out = Path(cfg.out)
-    work = work_folder(out)
-    try:
+    with publishing(cfg.out, "report") as work:
         results = _run(cfg, regimes, generator, train, val, test, findings, y_train, y_test, work)
         if not cfg.keep_synthetic:
             shutil.rmtree(work / "training-sets", ignore_errors=True)
         write_report(results, work)
-        publish_folder(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return results
 
 

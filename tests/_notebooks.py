@@ -170,7 +170,7 @@ from keras_cxr.export import export_run
 from keras_cxr.sampling import load_generator
 
 export_dir = export_run(run_dir, Path(OUT) / "saved_models" / "lsgan", overwrite=True)
-print(sorted(p.name for p in export_dir.iterdir()))
+print(sorted(p.name for p in export_dir.iterdir() if not p.name.startswith(".")))
 print((export_dir / "MODEL_CARD.md").read_text()[:700])'''),
     code('''\
 generator = load_generator(export_dir)
@@ -506,7 +506,7 @@ results = compare([str(p) for p in exports], real=str(data), n=N, features=FEATU
                   label_samples=LABEL_SAMPLES, max_train=MAX_TRAIN, seed=SEED, out=str(report_dir), verbose=1)
 for warning in results["warnings"]:
     print("warning:", warning)
-print(sorted(p.name for p in report_dir.iterdir()))
+print(sorted(p.name for p in report_dir.iterdir() if not p.name.startswith(".")))
 if plt.get_backend().lower() == "agg":  # the report's figure writer may switch to Agg: plots inline again
     get_ipython().run_line_magic("matplotlib", "inline")'''),
     code('''\

@@ -6,6 +6,8 @@ exports it to saved_models/demo-<model> and writes saved_models/demo-<model>/sam
 
 from __future__ import annotations
 
+from keras_cxr.commands._common import COUNT
+
 HELP = "train a small model on the NIH sample, export it and write a sample grid (what `make demo` runs)"
 
 DEMO_MODELS = ("lsgan", "ldm")
@@ -15,11 +17,11 @@ def add_arguments(p) -> None:
     p.add_argument("--data", metavar="PATH", default=None,
                    help="folder of NIH PNGs (default: $DATA, ../shared/data/nih_sample, the data home)")
     p.add_argument("--model", default="lsgan", help=f"which model to demo: {', '.join(DEMO_MODELS)} (default lsgan)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epoch count")
+    p.add_argument("--epochs", type=COUNT, default=None, help="override the preset's epoch count")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where the run folder goes (default runs)")
     p.add_argument("--saved-models", default="saved_models", metavar="DIR",
                    help="where the export goes (default saved_models)")
-    p.add_argument("-n", "--num", type=int, default=64, help="images in the sample grid (default 64)")
+    p.add_argument("-n", "--num", type=COUNT, default=64, help="images in the sample grid (default 64)")
 
 
 def resolve_demo_data(data):
@@ -56,9 +58,14 @@ def run(args) -> int:
         raise UserError(f"unknown demo model {args.model!r}; choose from {', '.join(DEMO_MODELS)}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
-    data = resolve_demo_data(args.data)
     name = f"demo-{args.model}"
     run_dir, out = Path(args.runs) / name, Path(args.saved_models) / name
+    from keras_cxr.fileio import check_output
+
+    # every argument and both outputs are checked before the data is fetched or anything replaced
+    check_output(run_dir, "run", inputs=[args.data], flag="--runs")
+    check_output(out, "export", inputs=[args.data, run_dir], flag="--saved-models")
+    data = resolve_demo_data(args.data)
 
     from keras_cxr.export import export_run
     from keras_cxr.models import get_model_module

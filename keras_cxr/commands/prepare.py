@@ -8,6 +8,8 @@ and renamed); a killed run leaves no half-written OUT and a rerun starts over cl
 
 from __future__ import annotations
 
+from keras_cxr.commands._common import COUNT, whole
+
 import shutil
 from pathlib import Path
 
@@ -20,9 +22,9 @@ def add_arguments(p) -> None:
     add_data_arguments(p, split_default=None)
     g = p.add_argument_group("prepare")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist unless --overwrite)")
-    g.add_argument("--size", type=int, default=256,
+    g.add_argument("--size", type=whole(8), default=256,
                    help="shorter side of the stored images in pixels (default 256; never enlarged)")
-    g.add_argument("--images-per-shard", type=int, default=1000, help="examples per TFRecord file (default 1000)")
+    g.add_argument("--images-per-shard", type=COUNT, default=1000, help="examples per TFRecord file (default 1000)")
     g.add_argument("--png-compression", type=int, default=6, choices=range(10), metavar="0-9",
                    help="zlib level of the stored PNGs (default 6; 0 decodes ~2x faster but takes "
                         "~2.2x the disk space)")
@@ -41,11 +43,9 @@ def prepare(args) -> Path:
         raise UserError(f"--size must be at least 8, got {args.size}")
     if args.images_per_shard < 1:
         raise UserError(f"--images-per-shard must be at least 1, got {args.images_per_shard}")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from keras_cxr.fileio import clean_stale, publish_folder, work_folder
+    from keras_cxr.fileio import check_output, clean_stale, publish_folder, work_folder
 
+    check_output(out, "shards", overwrite=args.overwrite, inputs=[args.data, args.metadata])
     clean_stale(out)
 
     splits = [args.split] if args.split else ["train", "val", "test"]
@@ -56,11 +56,12 @@ def prepare(args) -> Path:
     first = next(iter(recs.values()))
     if first.attrs.get("format") == "shards":
         raise UserError(f"--data {first.attrs.get('folder')} is already prepared shards")
+    check_output(out, "shards", overwrite=args.overwrite, inputs=[first.attrs.get("folder"), first.attrs.get("metadata")])
 
     tmp = work_folder(out)
     try:
         manifest = _write(args, recs, tmp, first)
-        publish_folder(tmp, out)  # atomic publish: OUT is complete or absent
+        publish_folder(tmp, out, "shards")  # atomic publish: OUT is complete or absent
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

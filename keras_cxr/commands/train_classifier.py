@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keras_cxr.commands._common import add_data_arguments
+from keras_cxr.commands._common import COUNT, SEED, whole, add_data_arguments
 
 HELP = ("Train the 14-finding classifier on real images (training split), report per-finding AUROC "
         "on the validation split, and export it for `keras-cxr evaluate --classifier`.")
@@ -15,10 +15,10 @@ def add_arguments(p) -> None:
                         "default saved_models/classifier")
     p.add_argument("--run-dir", default="runs/classifier", metavar="DIR",
                    help="training folder: history.csv, model.keras, metrics.json (default runs/classifier)")
-    p.add_argument("--image-size", type=int, default=None, help="image size in px (preset default)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (preset default)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (preset default)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--image-size", type=whole(8), default=None, help="image size in px (preset default)")
+    p.add_argument("--epochs", type=COUNT, default=None, help="epochs (preset default)")
+    p.add_argument("--batch-size", type=COUNT, default=None, help="batch size (preset default)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--augment", action="store_true", help="small rotations / shifts / zoom / contrast (no flips)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides: config fields, model.X (backbone, width, feature_dim, dropout, "
@@ -28,6 +28,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import math
+    from pathlib import Path
 
     from keras_cxr.config import TrainConfig, apply_overrides, with_preset
     from keras_cxr.errors import UserError
@@ -50,7 +51,19 @@ def run(args) -> int:
     apply_overrides(config, args.set)
     if config.epochs < 1 or config.batch_size < 1 or config.image_size < 32:
         raise UserError("--epochs and --batch-size must be >= 1 and --image-size >= 32")
-    info = train_classifier(config, args.out, run_dir=args.run_dir)
+    from keras_cxr.fileio import check_output, read_json_file
+
+    inputs = [args.data, args.metadata]
+    check_output(args.out, "classifier", inputs=inputs + [args.run_dir])
+    check_output(args.run_dir, "run", inputs=inputs + [args.out], flag="--run-dir")
+    old = Path(args.run_dir) / "config.json"
+    if old.is_file() and read_json_file(old, "config.json").get("model") != "classifier":
+        raise UserError(f"--run-dir {args.run_dir} holds a {read_json_file(old).get('model')} run, not a classifier "
+                        "one; choose another --run-dir")
+    from keras_cxr.fileio import RunLock
+
+    with RunLock(args.run_dir):
+        info = train_classifier(config, args.out, run_dir=args.run_dir)
     print(f"classifier exported to {args.out} (train {info['train_images']} / val {info['val_images']} images)")
     print("validation AUROC per finding (n positives):")
     for f, v in info["val_auroc"].items():

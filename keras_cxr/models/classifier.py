@@ -214,8 +214,12 @@ def train_classifier(config, out, *, run_dir=None, verbose="auto") -> dict:
     val_ds = make_dataset(val, batch_size=config.batch_size, shuffle=False, cache=True, **ds_kw)
     callbacks = []
     if run_dir is not None:
+        from keras_cxr.fileio import write_marker
+
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, "run")
+        config.save(run_dir / "config.json")
         callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv")))
     history = model.fit(train_ds, validation_data=val_ds, epochs=int(config.epochs), callbacks=callbacks,
                         verbose=verbose)
@@ -235,8 +239,11 @@ def train_classifier(config, out, *, run_dir=None, verbose="auto") -> dict:
                                                          "report": train.attrs.get("report", {})},
     }
     if run_dir is not None:
-        model.save(run_dir / "model.keras")
-        (run_dir / "metrics.json").write_text(json.dumps(info, indent=2, default=str))
+        from keras_cxr.fileio import atomic_path, write_json
+
+        with atomic_path(run_dir / "model.keras") as tmp:
+            model.save(tmp)
+        write_json(run_dir / "metrics.json", info, default=str)
     export_classifier(model, out, info)
     return info
 
@@ -250,7 +257,7 @@ def export_classifier(model, out, info: dict) -> Path:
     tmp = work_folder(out)
     try:
         _write_classifier_export(model, tmp, info)
-        publish_folder(tmp, out)
+        publish_folder(tmp, out, "classifier")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -305,9 +312,13 @@ class LoadedClassifier:
         if not (self.path / "saved_model").is_dir() or not cfg.is_file():
             raise UserError(f"--classifier {path}: not a classifier export (needs saved_model/ and config.json; "
                             "make one with `keras-cxr train-classifier --out PATH`)")
-        self.config = json.loads(cfg.read_text())
+        from keras_cxr.fileio import read_json_file
+        from keras_cxr.trust import check_saved_model
+
+        self.config = read_json_file(cfg, "config.json")
         self.findings = list(self.config.get("findings", []))
         self.feature_dim = int(self.config.get("feature_dim", 0))
+        check_saved_model(self.path / "saved_model", f"--classifier {path}")
         self._sm = tf.saved_model.load(str(self.path / "saved_model"))
         for name in ("predict", "features"):
             if not hasattr(self._sm, name):
