@@ -20,6 +20,21 @@ import numpy as np
 from keras_cxr.errors import UserError
 
 
+def _check_export_config(cfg: dict, path) -> None:
+    """One-line errors for an export config.json with fields of the wrong type."""
+    shape = cfg.get("noise_shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                           for d in shape):
+        raise UserError(f"{path}: config.json is damaged ('noise_shape' must be a list of positive integers, "
+                        f"got {shape!r})")
+    k = cfg.get("num_classes", 0)
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
+        raise UserError(f"{path}: config.json is damaged ('num_classes' must be an integer >= 0, got {k!r})")
+    findings = cfg.get("findings") or []
+    if not isinstance(findings, list) or not all(isinstance(f, str) for f in findings):
+        raise UserError(f"{path}: config.json is damaged ('findings' must be a list of names)")
+
+
 class Generator:
     """An exported generator: `.config` (the export's config.json) and `.sample(...)`."""
 
@@ -31,11 +46,14 @@ class Generator:
         if not cfg_path.is_file() or not (path / "saved_model").is_dir():
             raise UserError(f"{path} is not an exported model (needs config.json and saved_model/; see keras-cxr export)")
         self.path = path
-        try:
-            self.config = json.loads(cfg_path.read_text())
-        except ValueError as exc:
-            raise UserError(f"{cfg_path} is not valid JSON: {exc}") from None
+        from keras_cxr.fileio import read_json_file
+
+        self.config = read_json_file(cfg_path, "config.json")
+        _check_export_config(self.config, cfg_path)
         import tensorflow as tf
+        from keras_cxr.trust import check_saved_model
+
+        check_saved_model(path / "saved_model")
 
         self._tf = tf
         try:
@@ -65,6 +83,9 @@ class Generator:
         k = int(self.config.get("num_classes") or 0)
         if isinstance(labels, str) or (isinstance(labels, (list, tuple)) and labels and isinstance(labels[0], str)):
             names = [labels] if isinstance(labels, str) else list(labels)
+            from custom_datasets.findings import check_finding_set
+
+            check_finding_set(names, "labels")
             vec = np.zeros(k, "float32")
             for name in names:
                 c = canonical_finding(name)
