@@ -59,3 +59,18 @@ def multi_hot(names, include_no_finding: bool = False):
             continue
         vec[order.index(c)] = 1.0
     return vec
+
+
+def check_finding_set(names, flag: str = "--finding") -> list:
+    """Canonical names of one label set given on the command line: known findings, no repeats, and
+    'No Finding' only on its own (it means "none of the findings"; with a finding it contradicts it)."""
+    from keras_cxr.errors import UserError
+
+    canon = [canonical_finding(n) for n in names]
+    if NO_FINDING in canon and len(canon) > 1:
+        raise UserError(f"{flag}: 'No Finding' means no finding at all and cannot be combined with "
+                        f"{', '.join(c for c in canon if c != NO_FINDING)}; give it alone or leave it out")
+    dup = sorted({c for c in canon if canon.count(c) > 1})
+    if dup:
+        raise UserError(f"{flag}: {dup[0]!r} is given twice")
+    return canon

@@ -59,8 +59,10 @@ def _parse_metadata(path) -> "pandas.DataFrame":  # noqa: F821
     try:
         # utf-8-sig strips a BOM; pandas handles CRLF line ends.
         raw = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
-        raise DataError(f"cannot parse metadata CSV {path}: {str(exc).splitlines()[0]}") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError,
+            ValueError) as exc:  # EOFError / zlib errors: a truncated or damaged .csv.gz
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"cannot parse metadata CSV {path} (truncated or damaged?): {first}") from None
     raw.columns = [str(c).strip() for c in raw.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     if missing:

@@ -36,15 +36,21 @@ SPLIT_ORDER = ("train", "val", "test", "all")
 
 def read_manifest(folder) -> dict:
     path = Path(folder) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{folder} has no {MANIFEST}: not a prepared shard folder (run keras-cxr prepare)") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+    from keras_cxr.fileio import read_json_file
+
+    if not path.is_file():
+        raise DataError(f"{folder} has no {MANIFEST}: not a prepared shard folder (run keras-cxr prepare)")
+    manifest = read_json_file(path, MANIFEST, expect=None)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path} is not a keras-cxr shard manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
-    if int(manifest.get("version", 0)) > VERSION:
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) and isinstance(v.get("count"), int)
+                                               and not isinstance(v.get("count"), bool) for v in splits.values()):
+        raise DataError(f"{path} is damaged: 'splits' must map split names to {{'count': integer}}")
+    for key, kind in (("findings", list), ("report", dict), ("source", dict), ("size", int)):
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise DataError(f"{path} is damaged: {key!r} must be a {kind.__name__}, got {type(manifest[key]).__name__}")
+    if not isinstance(manifest.get("version", 0), int) or int(manifest.get("version", 0)) > VERSION:
         raise DataError(f"{path} has shard format version {manifest.get('version')}; this keras-cxr reads <= {VERSION}")
     return manifest
 
@@ -79,6 +85,10 @@ def load_shard_records(folder, split="train", *, seed=0, views=None, conditions=
     df = df[df["split"].isin(wanted)].reset_index(drop=True)
     for name in LABELS:
         df[name] = df[name].astype("uint8")
+    from keras_cxr.fileio import confined
+
+    for s in df["shard"].unique():
+        confined(folder, s, f"shard listed in {INDEX}")
     absent = sorted({s for s in df["shard"].unique() if not (folder / s).is_file()})
     if absent:
         raise DataError(f"shard file {folder / absent[0]} listed in {folder / INDEX} is missing")

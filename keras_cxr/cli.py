@@ -39,8 +39,16 @@ def _available_verbs():
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: ONE line on stderr (`keras-cxr VERB: error: ...`), exit code 2, as for every
+    other user error (argparse's default prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-cxr",
         description="Train, sample, export and evaluate generative models of chest X-rays "
         "(NIH ChestX-ray14) with Keras 3.",
@@ -56,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
@@ -70,6 +81,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"keras-cxr {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a disk that filled up under a writer: one line, not a traceback
+        from keras_cxr.fileio import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"keras-cxr {args.verb}: error: disk full (No space left on device){where}; free some "
+              "space and run the same command again (outputs are only replaced once complete)", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

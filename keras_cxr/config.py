@@ -75,10 +75,13 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no config.json at {path}")
+        from keras_cxr.fileio import read_json_file
+
+        data = read_json_file(path, "config.json")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON: {exc}") from None
+            return cls.from_dict(data)
+        except TypeError as exc:  # a field of the wrong type / shape
+            raise UserError(f"{path}: config.json is damaged ({exc})") from None
 
 
 def parse_value(text: str):
@@ -87,6 +90,63 @@ def parse_value(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                   if f.default is not dataclasses.MISSING}
+# config fields and model options that are sizes or counts: whole numbers >= 1 (or lists of them)
+_COUNT_FIELDS = {"epochs", "batch_size", "image_size", "sample_every", "steps_per_epoch", "max_images", "channels"}
+_COUNT_WORDS = ("dim", "filters", "size", "channels", "width", "steps", "blocks", "heads", "components", "classes")
+_SEED_FIELDS = {"seed", "split_seed"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    import math
+
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def check_override_value(key: str, value, current=None) -> None:
+    """One-line UserError for a `--set key=value` whose value cannot be right: a word where a number
+    belongs (`compile.learning_rate=fast`), `None` for a count, a negative or zero size, a seed out of
+    range, or a value of another type than the option's current one."""
+    name = key.split(".", 1)[-1]
+    shown = f"--set {key}={value!r}"
+    if key in _SEED_FIELDS:
+        if not _is_int(value) or not 0 <= value < 2**32:
+            raise UserError(f"{shown}: a seed must be a whole number in [0, 2**32)")
+        return
+    is_count = key in _COUNT_FIELDS or (key.startswith("model.") and any(w in name for w in _COUNT_WORDS)
+                                         and not any(w in name for w in ("warmup", "start", "label_dim")))
+    if is_count:
+        if value is None and (key in ("steps_per_epoch", "max_images") or name.endswith("coder_filters")):
+            return  # None: no limit / the model's default widths
+        items = value if isinstance(value, (list, tuple)) and key.startswith("model.") else [value]
+        if not items or not all(_is_int(v) and v >= 1 for v in items):
+            raise UserError(f"{shown}: must be a whole number >= 1" + (" (or a list of them)" if key.startswith("model.") else ""))
+        return
+    if key.startswith("compile.") and ("learning_rate" in name or name in ("weight_decay", "epsilon")):
+        if not _is_number(value) or value <= 0 and "learning_rate" in name or value < 0:
+            raise UserError(f"{shown}: must be a finite number {'> 0' if 'learning_rate' in name else '>= 0'}")
+        return
+    if key.startswith("compile.") and name.startswith("beta"):
+        if not _is_number(value) or not 0 <= value < 1:
+            raise UserError(f"{shown}: must be a number in [0, 1)")
+        return
+    if current is None or value is None and not _is_number(current) and not isinstance(current, bool):
+        return
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{shown}: must be True or False")
+    elif _is_number(current):
+        if not _is_number(value):
+            raise UserError(f"{shown}: must be a finite number (it is {current!r} now)")
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise UserError(f"{shown}: must be text (it is {current!r} now)")
 
 
 def apply_overrides(config: TrainConfig, pairs) -> TrainConfig:
@@ -99,10 +159,13 @@ def apply_overrides(config: TrainConfig, pairs) -> TrainConfig:
         key, raw = pair.split("=", 1)
         key, value = key.strip(), parse_value(raw.strip())
         if key.startswith("model."):
+            check_override_value(key, value, config.model_kwargs.get(key[6:]))
             config.model_kwargs[key[6:]] = value
         elif key.startswith("compile."):
+            check_override_value(key, value, config.compile_kwargs.get(key[8:]))
             config.compile_kwargs[key[8:]] = value
         elif key in names and key not in ("model_kwargs", "compile_kwargs"):
+            check_override_value(key, value, _FIELD_DEFAULTS.get(key))
             setattr(config, key, tuple(value) if key in ("views", "conditions") and value else value)
         else:
             raise UserError(f"unknown --set key {key!r}; use a config field ({', '.join(sorted(names))}), model.X or compile.X")

@@ -25,7 +25,7 @@ def _one_line_error(capsys, *needles):
         (["train", "--set", "model.latnet=3"], "latnet"),
         (["train", "--image-size", "100"], "image size 100"),
         (["train", "--conditions", "Broken Leg"], "unknown finding 'Broken Leg'"),
-        (["train", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--epochs", "0"], "--epochs: must be >= 1"),
         (["train", "--strategy", "multiworker"], "TF_CONFIG"),
         (["train", "--batch-size", "4096"], "larger than the"),
         (["train", "--data", "/no/such/folder"], "/no/such/folder"),
@@ -51,7 +51,7 @@ def test_bad_export_and_sample_input(tmp_path, capsys):
     assert main(["sample", "--model", str(tmp_path), "-n", "2", "--finding", "Foo", "--out", str(tmp_path)]) == 2
     _one_line_error(capsys, "unknown finding 'Foo'")
     assert main(["sample", "--model", str(tmp_path), "-n", "0", "--out", str(tmp_path)]) == 2
-    _one_line_error(capsys, "-n must be >= 1")
+    _one_line_error(capsys, "-n/--num: must be >= 1")
     assert main(["demo", "--model", "vae"]) == 2
     _one_line_error(capsys, "unknown demo model 'vae'")
 
@@ -68,7 +68,7 @@ def test_train_export_sample_through_the_cli(sample_dir, tmp_path, capsys):
     assert main(["export", "--run-dir", str(run_dir), "--out", str(out)]) == 2  # no silent overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main(["sample", "--model", str(out), "-n", "3", "--seed", "1", "--out", str(samples)]) == 0
-    assert sorted(p.name for p in samples.iterdir()) == ["grid.png", "sample_0000.png", "sample_0001.png",
+    assert sorted(p.name for p in samples.iterdir() if not p.name.startswith(".")) == ["grid.png", "sample_0000.png", "sample_0001.png",
                                                          "sample_0002.png"]
     assert main(["sample", "--model", str(out), "-n", "2", "--finding", "Mass", "--out", str(samples)]) == 2
     _one_line_error(capsys, "unconditional")

@@ -104,7 +104,7 @@ def test_sample_cli_writes_pngs_and_grid(exported, tmp_path, capsys):
 
     assert main(["sample", "--model", str(exported[1]), "-n", "6", "--finding", "Cardiomegaly",
                  "--out", str(tmp_path / "s")]) == 0
-    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    files = sorted(p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith("."))  # not the marker
     assert files == ["grid.png"] + [f"sample_{i:04d}.png" for i in range(6)]
     assert np.asarray(Image.open(tmp_path / "s" / "sample_0000.png")).shape == (32, 32)
     assert main(["sample", "--model", str(exported[1]), "-n", "2", "--finding", "Nope", "--out", str(tmp_path)]) == 2

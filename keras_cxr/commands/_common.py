@@ -16,12 +16,12 @@ def add_data_arguments(p, *, split_default: str | None = "train", with_split: bo
     if with_split:
         g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
                        help=f"which patient split to use (default {split_default})")
-    g.add_argument("--split-seed", type=int, default=None if config_defaults else 0,
+    g.add_argument("--split-seed", type=SEED, default=None if config_defaults else 0,
                    help="seed of the by-patient split (default 0)")
     g.add_argument("--views", nargs="+", metavar="VIEW", default=None, help="keep only these views: PA AP")
     g.add_argument("--conditions", nargs="+", metavar="FINDING", default=None,
                    help="staged conditioning: keep these findings (and No Finding images) only")
-    g.add_argument("--max-images", type=int, default=None, help="use at most this many images")
+    g.add_argument("--max-images", type=COUNT, default=None, help="use at most this many images")
     g.add_argument("--allow-missing", action="store_true", default=None if config_defaults else False,
                    help="carry on with the intersection when CSV rows have no image")
 
@@ -48,3 +48,46 @@ def print_report(records, file=None) -> None:
     report = records.attrs.get("report", {})
     line = ", ".join(f"{k}: {v}" for k, v in report.items())
     print(f"data: {records.attrs.get('folder')} ({line})", file=file or sys.stderr)
+
+
+# ------------------------------------------------------------------------------- argument types
+def whole(minimum: int = 1, maximum: int | None = None, what: str = "a whole number"):
+    """argparse `type=` for integers in [minimum, maximum]: '3', not '3.5', 'ten', '-3' or 'None'."""
+    import argparse
+
+    def parse(text):
+        try:
+            value = int(str(text).strip(), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def real(minimum: float | None = None, *, above: bool = False):
+    """argparse `type=` for finite floats (>= minimum, or > it with above=True): not 'nan', 'inf', 'fast'."""
+    import argparse
+    import math
+
+    def parse(text):
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if minimum is not None and (value <= minimum if above else value < minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {minimum:g}, got {value:g}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+SEED = whole(0, 2**32 - 1, "a whole-number seed")
+COUNT = whole(1)

@@ -11,6 +11,8 @@ Run the same command again after any failure or Ctrl-C: it resumes.
 
 from __future__ import annotations
 
+from keras_cxr.commands._common import COUNT, whole
+
 from pathlib import Path
 
 HELP = ("get NIH ChestX-ray14 from NIH: the 12 official archives (resumable), or a small real "
@@ -21,10 +23,10 @@ def add_arguments(p) -> None:
     p.add_argument("--dest", metavar="DIR", default=None,
                    help="where the images go (default: the data home, $KERAS_CXR_DATA or "
                         "~/.keras/datasets/nih_chest_xray14)")
-    p.add_argument("--sample", type=int, metavar="N", default=None,
+    p.add_argument("--sample", type=COUNT, metavar="N", default=None,
                    help="stream images_01.tar.gz and keep only its first N images (a few hundred MB "
                         "for N=500, not the whole archive)")
-    p.add_argument("--archives", type=int, nargs="+", metavar="K", default=None,
+    p.add_argument("--archives", type=whole(1, 12), nargs="+", metavar="K", default=None,
                    help="download only these archives (1..12; default all 12)")
     p.add_argument("--metadata", metavar="PATH|URL", default=None,
                    help="copy or fetch the NIH metadata CSV (Data_Entry_2017_v2020.csv) into --dest; "
@@ -35,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-extract", action="store_true", help="download the archives without extracting")
     p.add_argument("--remove-archives", action="store_true",
                    help="delete each archive once it is extracted (saves ~42 GB)")
-    p.add_argument("--retries", type=int, default=3, help="retries of a cut connection (default 3)")
+    p.add_argument("--retries", type=whole(0), default=3, help="retries of a cut connection (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

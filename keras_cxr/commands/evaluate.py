@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from keras_cxr.commands._common import COUNT, SEED, whole
+
 HELP = ("Evaluate an exported generator against real held-out images: FID/KID, SWD, spectrum, "
         "precision/recall, MS-SSIM diversity, memorisation, label fidelity; writes metrics.json, "
         "report.html and report.md.")
@@ -17,11 +19,11 @@ def add_evaluation_arguments(p) -> None:
     g.add_argument("--split", default="val", choices=("val", "test", "heldout", "train", "all"),
                    help="split the real sets come from (default val; heldout = val + test); memorisation "
                         "searches the train split")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the by-patient split (default 0)")
-    g.add_argument("--max-train", type=int, default=None,
+    g.add_argument("--split-seed", type=SEED, default=0, help="seed of the by-patient split (default 0)")
+    g.add_argument("--max-train", type=COUNT, default=None,
                    help="search at most this many training images for memorisation (default: all)")
     m = p.add_argument_group("metrics")
-    m.add_argument("--n", type=int, default=1000, help="generated samples per model (default 1000)")
+    m.add_argument("--n", type=whole(16), default=1000, help="generated samples per model (default 1000)")
     m.add_argument("--features", default="auto", metavar="auto|inception|cxr|none|PATH",
                    help="feature extractor for FID/KID/precision-recall: inception (the standard FID InceptionV3; "
                         "convert its weights once with `keras-cxr weights fid-inception`), cxr (the finding "
@@ -33,10 +35,10 @@ def add_evaluation_arguments(p) -> None:
     m.add_argument("--inception-weights", metavar="H5", default=None,
                    help="a fid_inception_v3.weights.h5 (default: the one in the Keras cache), or a keras.applications "
                         "InceptionV3 no-top ImageNet .h5 (not the FID network)")
-    m.add_argument("--label-samples", type=int, default=16,
+    m.add_argument("--label-samples", type=whole(2), default=16,
                    help="samples per finding for label fidelity of conditional models (default 16)")
-    m.add_argument("--seed", type=int, default=0, help="seed for sampling, real-set split and metrics (default 0)")
-    m.add_argument("--batch-size", type=int, default=64, help="batch size for sampling and features (default 64)")
+    m.add_argument("--seed", type=SEED, default=0, help="seed for sampling, real-set split and metrics (default 0)")
+    m.add_argument("--batch-size", type=COUNT, default=64, help="batch size for sampling and features (default 64)")
 
 
 def evaluation_kwargs(args) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from keras_cxr.commands._common import COUNT
+
 HELP = "export a finished run to saved_models/NAME (SavedModel + .keras + config.json + MODEL_CARD.md)"
 
 
@@ -9,7 +11,7 @@ def add_arguments(p) -> None:
     p.add_argument("--run-dir", required=True, metavar="DIR", help="finished run folder (runs/NAME)")
     p.add_argument("--out", required=True, metavar="DIR", help="export folder, e.g. saved_models/NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-    p.add_argument("--sampling-steps", type=int, default=None, metavar="N",
+    p.add_argument("--sampling-steps", type=COUNT, default=None, metavar="N",
                    help="latent diffusion: DDIM steps the exported sampler runs (default: the run's own)")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keras_cxr.commands._common import add_data_arguments
+from keras_cxr.commands._common import COUNT, SEED, whole, add_data_arguments
 
 HELP = "train a generative model into a run folder (rerun the same command to resume)"
 
@@ -17,12 +17,12 @@ def add_arguments(p) -> None:
                    help="VAE family / classifier: unfreeze the ImageNet backbone (same as --set model.fine_tune=True)")
     add_data_arguments(p, with_split=False, config_defaults=True)
     t = p.add_argument_group("training")
-    t.add_argument("--image-size", type=int, default=None, help="image size in pixels (lsgan: 32, 64, 128, 224, 256)")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None, help="GLOBAL batch size (split over replicas)")
-    t.add_argument("--steps-per-epoch", type=int, default=None)
-    t.add_argument("--sample-every", type=int, default=None, help="write a sample grid every N epochs")
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--image-size", type=whole(8), default=None, help="image size in pixels (lsgan: 32, 64, 128, 224, 256)")
+    t.add_argument("--epochs", type=COUNT, default=None)
+    t.add_argument("--batch-size", type=COUNT, default=None, help="GLOBAL batch size (split over replicas)")
+    t.add_argument("--steps-per-epoch", type=COUNT, default=None)
+    t.add_argument("--sample-every", type=COUNT, default=None, help="write a sample grid every N epochs")
+    t.add_argument("--seed", type=SEED, default=None)
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="enable TensorFlow op determinism (reproducible, slower)")
     t.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default=None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keras_cxr.commands._common import add_data_arguments
+from keras_cxr.commands._common import COUNT, SEED, real, whole, add_data_arguments
 from keras_cxr.utility import REGIMES  # numpy only at import time
 
 HELP = ("Train the finding classifier on real, synthetic (TSTR), real + synthetic top-up of rare findings, "
@@ -16,25 +16,25 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default reports/NAME-utility)")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES, metavar="REGIME",
                    help=f"which regimes to run (default all: {' '.join(REGIMES)})")
-    p.add_argument("--image-size", type=int, default=64, help="classifier input size in px (default 64)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs per regime (default: classifier preset, 15)")
-    p.add_argument("--batch-size", type=int, default=None, help="classifier batch size (default: preset, 32)")
-    p.add_argument("--patience", type=int, default=5,
+    p.add_argument("--image-size", type=whole(8), default=64, help="classifier input size in px (default 64)")
+    p.add_argument("--epochs", type=COUNT, default=None, help="maximum epochs per regime (default: classifier preset, 15)")
+    p.add_argument("--batch-size", type=COUNT, default=None, help="classifier batch size (default: preset, 32)")
+    p.add_argument("--patience", type=whole(0), default=5,
                    help="early stopping patience in epochs on validation AUROC; best epoch restored (default 5)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=SEED, default=0,
                    help="seed of classifier initialisation, data order, sampling and bootstrap (default 0)")
-    p.add_argument("--target-count", type=int, default=None,
+    p.add_argument("--target-count", type=COUNT, default=None,
                    help="top up every finding with fewer training positives to this count "
                         "(default: the median training count of the findings)")
-    p.add_argument("--n-synthetic", type=int, default=None,
+    p.add_argument("--n-synthetic", type=COUNT, default=None,
                    help="size of the synthetic-only training set (default: as many as real training images)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (latent diffusion only; default: the model's configured guidance)")
+    p.add_argument("--guidance", type=real(0), default=None, help="classifier-free guidance (latent diffusion only; default: the model's configured guidance)")
     p.add_argument("--classifier-preset", default="default", help="finding-classifier preset (default: default)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="classifier overrides, as for train-classifier: model.width=16, compile.learning_rate=3e-4 ...")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    p.add_argument("--gen-batch-size", type=int, default=64, help="images generated per batch (default 64)")
-    p.add_argument("--images-per-shard", type=int, default=2048, help="synthetic images per TFRecord shard (default 2048)")
+    p.add_argument("--n-boot", type=whole(100), default=1000, help="bootstrap replicates (default 1000)")
+    p.add_argument("--gen-batch-size", type=COUNT, default=64, help="images generated per batch (default 64)")
+    p.add_argument("--images-per-shard", type=COUNT, default=2048, help="synthetic images per TFRecord shard (default 2048)")
     p.add_argument("--keep-synthetic", action="store_true",
                    help="keep the extra training images (TFRecord shards) in OUT/training-sets/ (default: deleted)")
     add_data_arguments(p, split_default="train")
