@@ -100,6 +100,49 @@ class _Transient(Exception):
     """A fault worth retrying (cut connection, timeout, HTTP 5xx)."""
 
 
+# Bounds on every transfer (module constants so a caller or a test can tighten them):
+STALL_WINDOW_S = 60.0  # at least STALL_MIN_BYTES must arrive in every window of this length ...
+STALL_MIN_BYTES = 16 * 1024  # ... or the connection counts as stalled (retried, then reported)
+DEADLINE_S = 48 * 3600.0  # one whole download (all retries) never runs longer than this
+METADATA_MAX_BYTES = 256 * 10**6  # the real metadata CSV is ~8 MB
+
+
+class _Watchdog:
+    """Raises when a transfer stalls (a server dripping one byte every few seconds), passes its
+    overall deadline, or grows past `max_bytes` (an endless response). `count(n)` after each chunk."""
+
+    def __init__(self, label: str, *, deadline: float | None = None, max_bytes: int | None = None,
+                 window: float | None = None, min_bytes: int | None = None):
+        self.label, self.max_bytes = label, max_bytes
+        self.deadline = deadline  # a time.monotonic() value, shared by all attempts
+        self.window = STALL_WINDOW_S if window is None else window
+        self.min_bytes = STALL_MIN_BYTES if min_bytes is None else min_bytes
+        self.restart(0)
+
+    def restart(self, done: int) -> None:
+        self._t0, self._mark = time.monotonic(), done
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DownloadError(f"{self.label}: gave up, the download took longer than its overall limit; "
+                                "run the same command again to resume")
+
+    def count(self, done: int) -> None:
+        if self.max_bytes is not None and done > self.max_bytes:
+            raise _TooLarge(f"{self.label}: the server sent more than {_human(self.max_bytes)}, far more than this "
+                            "file can be; stopped and removed the partial file (check the URL)")
+        self.check_deadline()
+        now = time.monotonic()
+        if now - self._t0 >= self.window:
+            if done - self._mark < self.min_bytes:
+                raise _Transient(f"stalled: {done - self._mark} bytes in the last {self.window:.0f} s")
+            self._t0, self._mark = now, done
+
+
+class _TooLarge(DownloadError):
+    """A response past its size cap (the partial file is deleted, never resumed)."""
+
+
 _NET_ERRORS = (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException)
 
 
@@ -194,9 +237,11 @@ def _disk_error(exc: OSError, path: Path, resume: str) -> DownloadError:
     return DownloadError(f"cannot write {path}: {exc.strerror or exc}; {resume}")
 
 
-def _copy(read, fh, path: Path, done: int = 0, bar=None) -> int:
+def _copy(read, fh, path: Path, done: int = 0, bar=None, watchdog=None) -> int:
     """Copy `read(CHUNK)` chunks to `fh` until b""; returns the byte count. A full disk becomes a
-    one-line DownloadError naming `path`."""
+    one-line DownloadError naming `path`; `watchdog` bounds time, progress and size."""
+    if watchdog is not None:
+        watchdog.restart(done)
     while True:
         chunk = read(CHUNK)
         if not chunk:
@@ -206,14 +251,18 @@ def _copy(read, fh, path: Path, done: int = 0, bar=None) -> int:
         except OSError as exc:
             raise _disk_error(exc, path, "run the same command again to resume") from None
         done += len(chunk)
+        if watchdog is not None:
+            watchdog.count(done)
         if bar is not None:
             bar.update(done)
 
 
-def _with_retries(attempt, *, label: str, retries: int, retry_wait: float, kept):
+def _with_retries(attempt, *, label: str, retries: int, retry_wait: float, kept, watchdog=None):
     """Call `attempt()`; retry `_Transient` faults with exponential waits, then raise a
     DownloadError saying what `kept()` was kept and how to resume."""
     for i in range(retries + 1):
+        if watchdog is not None:
+            watchdog.check_deadline()
         try:
             return attempt()
         except _Transient as exc:
@@ -320,7 +369,7 @@ def _content_range(resp):
         return None, None
 
 
-def _fetch_once(url: str, target: Path, part: Path, *, timeout, progress, label, on_connect) -> Path:
+def _fetch_once(url: str, target: Path, part: Path, *, timeout, progress, label, on_connect, watchdog=None) -> Path:
     start = part.stat().st_size if part.is_file() else 0
     resp = _open(url, start, timeout)
     with resp:
@@ -345,6 +394,10 @@ def _fetch_once(url: str, target: Path, part: Path, *, timeout, progress, label,
             total = int(length) if length and length.isdigit() else None
         if on_connect is not None:
             on_connect()
+        if total is not None and watchdog is not None and watchdog.max_bytes is not None \
+                and total > watchdog.max_bytes:
+            raise _TooLarge(f"{label}: the server announces {_human(total)}, more than the {_human(watchdog.max_bytes)} "
+                            "this file can be; nothing was downloaded (check the URL)")
         if total is not None:
             try:
                 free = shutil.disk_usage(part.parent).free
@@ -369,7 +422,7 @@ def _fetch_once(url: str, target: Path, part: Path, *, timeout, progress, label,
             except OSError as exc:
                 raise _disk_error(exc, part, "run the same command again to resume") from None
             with fh:
-                done = _copy(read, fh, part, start, bar)
+                done = _copy(read, fh, part, start, bar, watchdog)
         finally:
             bar.close()
     if total is not None and done != total:
@@ -379,10 +432,14 @@ def _fetch_once(url: str, target: Path, part: Path, *, timeout, progress, label,
 
 
 def fetch(url, target, *, retries: int = 3, retry_wait: float = 1.0, timeout: float = 30.0,
-          progress: bool = True, label: str | None = None, attribution: bool = False) -> Path:
+          progress: bool = True, label: str | None = None, attribution: bool = False,
+          max_bytes: int | None = None, deadline_s: float | None = None) -> Path:
     """Download `url` to `target`, resuming `target.part` with HTTP Range; retries cut connections.
 
     `attribution`: print the NIH attribution once the server answers (before any data arrives).
+    `max_bytes`: a size cap (past it the partial file is deleted, never resumed). Every transfer
+    is bounded: `timeout` per read, a stall rule (STALL_MIN_BYTES per STALL_WINDOW_S) and an overall
+    deadline (`deadline_s`, default DEADLINE_S) across all retries.
     """
     announce = [attribution]
 
@@ -401,10 +458,16 @@ def fetch(url, target, *, retries: int = 3, retry_wait: float = 1.0, timeout: fl
     def kept():
         return f"{_human(part.stat().st_size)} kept in {part}; " if part.is_file() else ""
 
-    return _with_retries(
-        lambda: _fetch_once(url, target, part, timeout=timeout, progress=progress, label=label,
-                            on_connect=on_connect),
-        label=label, retries=retries, retry_wait=retry_wait, kept=kept)
+    watchdog = _Watchdog(label, max_bytes=max_bytes,
+                         deadline=time.monotonic() + (DEADLINE_S if deadline_s is None else deadline_s))
+    try:
+        return _with_retries(
+            lambda: _fetch_once(url, target, part, timeout=timeout, progress=progress, label=label,
+                                on_connect=on_connect, watchdog=watchdog),
+            label=label, retries=retries, retry_wait=retry_wait, kept=kept, watchdog=watchdog)
+    except _TooLarge:
+        part.unlink(missing_ok=True)  # never resumed by a rerun
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,10 +664,12 @@ def _count_pngs(folder: Path) -> int:
 
 
 class _CountingReader(io.RawIOBase):
-    """Wraps the HTTP response, counting bytes read (for the progress line)."""
+    """Wraps the HTTP response, counting bytes read (for the progress line and the watchdog)."""
 
-    def __init__(self, resp):
-        self.resp, self.count = resp, 0
+    def __init__(self, resp, watchdog=None):
+        self.resp, self.count, self.watchdog = resp, 0, watchdog
+        if watchdog is not None:
+            watchdog.restart(0)
 
     def readable(self):
         return True
@@ -614,6 +679,8 @@ class _CountingReader(io.RawIOBase):
         if not data and n and getattr(self.resp, "length", None):  # closed before Content-Length
             raise http.client.IncompleteRead(b"", self.resp.length)
         self.count += len(data)
+        if self.watchdog is not None:
+            self.watchdog.count(self.count)
         return data
 
     def readinto(self, b):
@@ -641,6 +708,7 @@ def download_sample(n: int = 500, dest=None, *, url: str | None = None, retries:
     url = url or archive_url(1)
     label = ARCHIVES[0][0]
     announce = [True]
+    watchdog = _Watchdog(label, deadline=time.monotonic() + DEADLINE_S)
 
     def attempt():
         resp = _open(url, 0, timeout)
@@ -650,7 +718,7 @@ def download_sample(n: int = 500, dest=None, *, url: str | None = None, retries:
         if announce[0]:
             print_attribution()
             announce[0] = False
-        reader = _CountingReader(resp)
+        reader = _CountingReader(resp, watchdog)
         bar = _Progress(f"sample of {label}", n, unit="images", enabled=progress)
         try:
             with resp:
@@ -663,7 +731,8 @@ def download_sample(n: int = 500, dest=None, *, url: str | None = None, retries:
 
     with _exclusive(dest):
         files = _with_retries(attempt, label=label, retries=retries, retry_wait=retry_wait,
-                              kept=lambda: f"{_count_pngs(images)} complete images kept in {images}; ")
+                              kept=lambda: f"{_count_pngs(images)} complete images kept in {images}; ",
+                              watchdog=watchdog)
     if len(files) < n:
         _log(f"{label} holds only {len(files)} images; use the full download for more")
     _atomic_json(dest / STATE_DIR / "sample.json", {"source": url, "n": len(files), "files": files})
@@ -721,6 +790,7 @@ def fetch_metadata(source, dest=None, **fetch_kwargs) -> Path:
         name = "Data_Entry_2017_v2020.csv" + (".gz" if name.endswith(".gz") else "")
     target = dest / name
     if is_url:
+        fetch_kwargs.setdefault("max_bytes", METADATA_MAX_BYTES)
         tmp = fetch(source, dest / f".{name}.download", label=name, attribution=True, **fetch_kwargs)
     else:
         src = Path(source).expanduser()

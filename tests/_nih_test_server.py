@@ -8,7 +8,12 @@ Range unless told not to, and can misbehave on purpose:
 - `cut_after[path] = K`: on the first request for `path`, announce the full length, send K bytes
   and close the socket;
 - `stall_after[path] = K`: send K bytes then hang until the server stops (for a SIGKILL test);
-- `ignore_range = True`: always answer 200 with the whole file.
+- `ignore_range = True`: always answer 200 with the whole file;
+- `drip[path] = seconds`: send one byte, then one more every `seconds` (a server that never quite
+  stalls);
+- `endless[path] = chunk`: after the file, keep sending `chunk` forever, with no Content-Length
+  (an endless response);
+- `claim_length[path] = N`: announce Content-Length N whatever the file's size (a lying server).
 
 It counts the body bytes it sent per path (`sent`) and logs (path, Range header) per request
 (`requests`). It stops itself on context exit, and after `lifetime` seconds at the latest.
@@ -95,6 +100,7 @@ class NIHTestServer:
         self.files = dict(files or {})
         self.status, self.cut_after, self.stall_after = {}, {}, {}
         self.ignore_range = False
+        self.drip, self.endless, self.claim_length = {}, {}, {}
         self.sent, self.requests = {}, []
         self.chunk = chunk
         self._lock = threading.Lock()
@@ -148,10 +154,31 @@ class NIHTestServer:
                 else:
                     self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(data) - start))
+                if path not in server.endless:
+                    self.send_header("Content-Length", str(server.claim_length.get(path, len(data) - start)))
                 self.send_header("Connection", "close")
                 self.end_headers()
                 body = data[start:]
+                try:
+                    if path in server.drip:
+                        for i in range(len(body)):
+                            if server._stop.wait(server.drip[path] if i else 0):
+                                break
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    if path in server.endless:
+                        self.wfile.write(body)
+                        while not server._stop.is_set():
+                            self.wfile.write(server.endless[path])
+                            with server._lock:
+                                server.sent[path] = server.sent.get(path, 0) + len(server.endless[path])
+                        self.close_connection = True
+                        return
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                    return
                 limit = len(body)
                 if first_request and path in server.cut_after:
                     limit = min(limit, server.cut_after[path])

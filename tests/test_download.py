@@ -525,7 +525,7 @@ def test_not_enough_disk_space_and_bad_options(serve, tmp_path, monkeypatch, cap
     assert cli.main(["download", "--sample", "0", "--dest", str(tmp_path)]) == 2
     assert cli.main(["download", "--sample", "5", "--archives", "1", "--dest", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "at least 1" in err and "pick one" in err
+    assert "--sample: must be >= 1" in err and "pick one" in err
 
 
 def test_two_downloads_into_one_folder_are_refused(serve, tmp_path, big_archive):
@@ -547,3 +547,70 @@ def test_archive_already_there_without_state_is_checked_not_redownloaded(serve, 
     assert dl.download_archives(tmp_path, [1], progress=False) == {"images_01.tar.gz": "extracted"}
     assert srv.requests == [(key(1), f"bytes={len(data)}-")] and srv.sent.get(key(1), 0) == 0
     assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == sorted(pngs)
+
+
+# ---------------------------------------------------------------------------------- bounded network I/O
+# Servers that drip, never end, or lie about Content-Length (all on 127.0.0.1): every download ends,
+# with one line, in bounded time.
+
+
+def test_a_dripping_server_is_a_stall_not_a_hang(serve, tmp_path, monkeypatch, capsys, big_archive):
+    import time
+
+    monkeypatch.setattr(dl, "STALL_WINDOW_S", 0.6)  # the rule: >= STALL_MIN_BYTES per window
+    srv = serve({key(1): big_archive[0]})
+    srv.drip[key(1)] = 0.05  # one byte every 50 ms: never idle long enough for a read timeout
+    t0 = time.monotonic()
+    code = cli.main(["download", "--archives", "1", "--dest", str(tmp_path / "d"), "--retries", "1", "--quiet"])
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and "stalled" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if ": error: " in line]) == 1
+    assert elapsed < 20, elapsed  # two windows and one retry wait, not forever
+
+
+def test_endless_metadata_response_is_capped_and_not_resumed(serve, tmp_path, monkeypatch, capsys):
+    good = write_csv(tmp_path / "x.csv", ["00000001_000.png"]).read_bytes()
+    srv = serve({"/meta/Data_Entry_2017_v2020.csv": good})
+    srv.endless["/meta/Data_Entry_2017_v2020.csv"] = b"00000001_000.png,No Finding,0,1,50,M,PA\n" * 1000
+    monkeypatch.setattr(dl, "METADATA_MAX_BYTES", 2 * 10**6)
+    dest = tmp_path / "d"
+    url = os.environ[dl.BASE_URL_ENV] + "meta/Data_Entry_2017_v2020.csv"
+    code = cli.main(["download", "--metadata", url, "--dest", str(dest), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "more than 2.0 MB" in err and "Traceback" not in err, err
+    assert not [p for p in dest.rglob("*") if p.is_file()]  # the partial file is gone: a rerun starts clean
+    assert srv.sent["/meta/Data_Entry_2017_v2020.csv"] < 64 * 1024**2  # stopped near the cap, not at 6.6 GB
+
+
+def test_announced_size_over_the_cap_is_refused_before_reading(serve, tmp_path, monkeypatch, capsys):
+    good = write_csv(tmp_path / "x.csv", ["00000001_000.png"]).read_bytes()
+    srv = serve({"/meta/m.csv": good})
+    srv.claim_length["/meta/m.csv"] = 10 * 10**9  # says 10 GB
+    url = os.environ[dl.BASE_URL_ENV] + "meta/m.csv"
+    with pytest.raises(dl.DownloadError, match="announces 10.0 GB"):
+        dl.fetch_metadata(url, tmp_path / "d", progress=False)
+
+
+def test_server_lying_about_length(serve, tmp_path, capsys, small_archives):
+    data = small_archives[1][0]
+    srv = serve({key(1): data})
+    srv.claim_length[key(1)] = len(data) + 5000  # promises more than it sends, then closes
+    assert cli.main(["download", "--archives", "1", "--dest", str(tmp_path / "d"), "--quiet"]) == 0
+    assert len(find_images(tmp_path / "d")) == 2  # resumed at the real end (416), the archive is whole
+    srv.claim_length[key(1)] = len(data) - 200  # says less than it has: the client stops there
+    code = cli.main(["download", "--archives", "1", "--dest", str(tmp_path / "e"), "--retries", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if ": error: " in line]) == 1
+    assert not (tmp_path / "e").is_dir() or len(find_images(tmp_path / "e")) < 2  # never counted as whole
+
+
+def test_overall_deadline_ends_a_download(serve, tmp_path, monkeypatch, capsys, big_archive):
+    monkeypatch.setattr(dl, "DEADLINE_S", 0.5)
+    monkeypatch.setattr(dl, "STALL_WINDOW_S", 1000.0)
+    srv = serve({key(1): big_archive[0]})
+    srv.drip[key(1)] = 0.01
+    code = cli.main(["download", "--archives", "1", "--dest", str(tmp_path / "d"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "overall limit" in err and "Traceback" not in err, err
