@@ -172,3 +172,121 @@ def tree(folder: Path) -> dict:
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# ------------------------------------------------------------------------------- corpus machinery
+# (shared by test_bad_inputs.py and test_safety.py: a registry of cases, the CLI run in-process,
+# the expectations, and the table printed at the end of the session)
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self):
+        return [line for line in self.err.splitlines() if ": error: " in line]
+
+
+def run_cli(argv, capsys) -> Result:
+    from keras_cxr.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
+
+def expect_error(res: Result, *names, out: Path | None = None, code: int = 2) -> str:
+    """One-line error naming each of `names`, exit `code`, no traceback, nothing written at `out`."""
+    assert "Traceback" not in res.out + res.err
+    assert res.code == code, f"exit code {res.code}, stderr: {res.err[-500:]}"
+    assert len(res.error_lines) == 1, res.err[-500:]
+    line = res.error_lines[0]
+    for name in names:
+        assert str(name) in line, f"{name!r} not named in: {line}"
+    if out is not None:
+        assert not Path(out).exists(), f"{out} was left behind"
+        assert hidden_leftovers(Path(out).parent) == []
+    return line
+
+
+HEADER = ("case", "damaged input", "command", "expected", "result", "what the user saw")
+
+
+class Corpus:
+    """A named set of cases: `@corpus.case(name, damaged, command, expected)` registers a function
+    of a context; `corpus.record(...)` keeps its outcome; `corpus.plugin()` prints the table."""
+
+    def __init__(self, title: str):
+        self.title, self.cases, self.order, self.rows = title, {}, [], []
+
+    def case(self, name, damaged, command, expected):
+        def register(fn):
+            assert name not in self.cases, f"case {name} registered twice"
+            self.cases[name] = (fn, damaged, command, expected)
+            self.order.append(name)
+            return fn
+
+        return register
+
+    def run(self, name, ctx, tmp_path, sample_dir):
+        """Run case `name` with `ctx`, recording PASS / FAILED / TRACEBACK and what the user saw."""
+        fn, damaged, command, expected = self.cases[name]
+        seen, status = "", "FAIL"
+        try:
+            seen = fn(ctx)
+            status = "PASS"
+        except AssertionError as exc:
+            seen = "FAILED: " + (str(exc).splitlines() or ["assertion"])[0]
+            raise
+        except BaseException as exc:  # an uncaught exception = a traceback the user would see
+            seen = f"TRACEBACK: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            raise
+        finally:
+            seen = str(seen).replace(str(tmp_path), "TMP").replace(str(sample_dir), "SAMPLE")
+            seen = seen.split(": error: ", 1)[-1]
+            self.rows.append((name, damaged, command, expected, status, seen))
+
+    def register_table(self, request, plugin_name: str) -> None:
+        pm = request.config.pluginmanager
+        if not pm.has_plugin(plugin_name):
+            pm.register(_TablePlugin(self), plugin_name)
+
+
+class _TablePlugin:
+    """Prints a corpus's results at the end of the session."""
+
+    def __init__(self, corpus: Corpus):
+        self.corpus = corpus
+
+    def pytest_terminal_summary(self, terminalreporter):
+        rows, order = self.corpus.rows, self.corpus.order
+        if not rows:
+            return
+        tr = terminalreporter
+        tr.section(self.corpus.title)
+        widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(len(HEADER))]
+        widths[-1] = min(widths[-1], 150)
+        for row in [HEADER, tuple("-" * w for w in widths)] + sorted(rows, key=lambda r: order.index(r[0])):
+            tr.write_line("  ".join(str(c)[:w].ljust(w) for c, w in zip(row, widths)).rstrip())
+        passed = sum(r[4] == "PASS" for r in rows)
+        tr.write_line(f"{passed}/{len(rows)} cases pass")
+
+
+def snapshot(folder) -> dict:
+    """{relative path: sha256} of every file under `folder` (links recorded as their target)."""
+    import hashlib
+
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,72 +28,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import _corpus as C  # noqa: E402
 
-from keras_cxr.cli import main  # noqa: E402
 
 N = 8  # real images per damaged folder
 
 # --------------------------------------------------------------------------- result table
-ROWS: list = []
-
-
-class _TablePlugin:
-    """Prints the corpus results at the end of the session (registered by the fixture below)."""
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if not ROWS:
-            return
-        tr = terminalreporter
-        tr.section("bad-input corpus (tests/test_bad_inputs.py)")
-        widths = [max(len(str(r[i])) for r in ROWS + [HEADER]) for i in range(len(HEADER))]
-        widths[-1] = min(widths[-1], 150)
-        for row in [HEADER, tuple("-" * w for w in widths)] + sorted(ROWS, key=lambda r: ORDER.index(r[0])):
-            tr.write_line("  ".join(str(c)[:w].ljust(w) for c, w in zip(row, widths)).rstrip())
-        passed = sum(r[4] == "PASS" for r in ROWS)
-        tr.write_line(f"{passed}/{len(ROWS)} cases pass")
-
-
-HEADER = ("case", "damaged input", "command", "expected", "result", "what the user saw")
+CORPUS = C.Corpus("bad-input corpus (tests/test_bad_inputs.py)")
+Result, run_cli, expect_error, case = C.Result, C.run_cli, C.expect_error, CORPUS.case
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _print_table(request):
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("keras-cxr-bad-input-table"):
-        pm.register(_TablePlugin(), "keras-cxr-bad-input-table")
+    CORPUS.register_table(request, "keras-cxr-bad-input-table")
     yield
-
-
-# --------------------------------------------------------------------------- running the CLI
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error_lines(self):
-        return [line for line in self.err.splitlines() if ": error: " in line]
-
-
-def run_cli(argv, capsys) -> Result:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return Result(code, out, err)
-
-
-def expect_error(res: Result, *names, out: Path | None = None, code: int = 2) -> str:
-    """One-line error naming each of `names`, exit `code`, no traceback, nothing written at `out`."""
-    assert "Traceback" not in res.out + res.err
-    assert res.code == code, f"exit code {res.code}, stderr: {res.err[-500:]}"
-    assert len(res.error_lines) == 1, res.err[-500:]
-    line = res.error_lines[0]
-    for name in names:
-        assert str(name) in line, f"{name!r} not named in: {line}"
-    if out is not None:
-        assert not Path(out).exists(), f"{out} was left behind"
-        assert C.hidden_leftovers(Path(out).parent) == []
-    return line
 
 
 def expect_prepared(res: Result, out: Path, written: int, skips: dict | None = None, shown_as=None) -> str:
@@ -119,19 +64,6 @@ def expect_prepared(res: Result, out: Path, written: int, skips: dict | None = N
 
 
 # --------------------------------------------------------------------------- the cases
-CASES: dict = {}
-ORDER: list = []
-
-
-def case(name, damaged, command, expected):
-    def register(fn):
-        CASES[name] = (fn, damaged, command, expected)
-        ORDER.append(name)
-        return fn
-
-    return register
-
-
 class Ctx:
     def __init__(self, tmp_path, sample_dir, originals_dir, capsys, tmp_path_factory, monkeypatch):
         self.tmp, self.sample_dir, self.originals_dir, self.capsys = tmp_path, sample_dir, originals_dir, capsys
@@ -452,21 +384,7 @@ def _(ctx):
 
 
 # --------------------------------------------------------------------------- the test
-@pytest.mark.parametrize("name", ORDER)
+@pytest.mark.parametrize("name", CORPUS.order)
 def test_bad_input(name, tmp_path, sample_dir, originals_dir, capsys, monkeypatch, tmp_path_factory):
-    fn, damaged, command, expected = CASES[name]
     ctx = Ctx(tmp_path, sample_dir, originals_dir, capsys, tmp_path_factory, monkeypatch)
-    seen, status = "", "FAIL"
-    try:
-        seen = fn(ctx)
-        status = "PASS"
-    except AssertionError as exc:
-        seen = "FAILED: " + (str(exc).splitlines() or ["assertion"])[0]
-        raise
-    except BaseException as exc:  # an uncaught exception = a traceback the user would see
-        seen = f"TRACEBACK: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-        raise
-    finally:
-        seen = seen.replace(str(tmp_path), "TMP").replace(str(sample_dir), "SAMPLE")
-        seen = seen.split(": error: ", 1)[-1]
-        ROWS.append((name, damaged, command, expected, status, seen))
+    CORPUS.run(name, ctx, tmp_path, sample_dir)
