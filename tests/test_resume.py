@@ -65,3 +65,29 @@ def test_sigkill_mid_run_then_resume(sample_dir, tmp_path):
 
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
     assert int(model.d_optimizer.iterations.numpy()) == EPOCHS * 4  # optimizer state carried over
+
+
+def test_history_logger_never_writes_two_rows_for_one_epoch(tmp_path):
+    """A session that died after writing epoch 2's CSV row but before its backup resumes at epoch 1
+    (0-based): the rows for epochs >= 1 are replaced, not duplicated; a torn last line is dropped."""
+    import csv
+
+    from callbacks import HistoryLogger
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n0,0.9\n1,0.8\n2,0.7\n3,0.")  # the last line torn by a crash
+    logger = HistoryLogger(str(path))
+    logger.on_train_begin()
+    logger.on_epoch_end(1, {"loss": 0.75})
+    logger.on_epoch_end(2, {"loss": 0.65})
+    logger.on_train_end()
+    rows = list(csv.DictReader(path.open()))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert [float(r["loss"]) for r in rows] == [0.9, 0.75, 0.65]
+    fresh = tmp_path / "new.csv"  # no earlier file: an ordinary CSVLogger
+    logger = HistoryLogger(str(fresh))
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": 1.0})
+    logger.on_train_end()
+    lines = fresh.read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch,loss") and lines[1].startswith("0,1.0")

