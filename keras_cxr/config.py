@@ -52,11 +52,9 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=list)
 
     def save(self, path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        from keras_cxr.fileio import write_text
+
+        write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
@@ -234,15 +233,16 @@ def _patch_for_multiworker(model, train_ds, strategy) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    from keras_cxr.fileio import write_json
+
+    write_json(path, data, sort_keys=True, default=str)
 
 
 def _save_model_atomic(model, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    from keras_cxr.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose=None, extra_callbacks=()) -> Path:
