@@ -174,8 +174,10 @@ class LSGAN(keras.Model):
     def __init__(self, image_size=64, channels=1, latent_dim=128, noise="normal", conditional=False,
                  num_classes=14, embed_dim=32, g_filters=32, d_filters=32, max_filters=512,
                  norm="batch", g_steps=1, discriminator="conv", backbone_weights=None,
-                 head_filters=64, load_backbone_weights=True, **kwargs):
+                 head_filters=64, load_backbone_weights=True, augment=None, augment_p=1.0, ada_target=None,
+                 ada_speed_images=20_000, ada_interval=4, **kwargs):
         super().__init__(**kwargs)
+        from keras_cxr.diffaugment import POLICY, AdaptiveAugment, parse_policy
         if noise not in ("normal", "uniform"):
             raise UserError(f"lsgan noise must be 'normal' or 'uniform', got {noise!r}")
         if norm not in NORMS:
@@ -192,6 +194,20 @@ class LSGAN(keras.Model):
         self.max_filters, self.norm, self.g_steps = int(max_filters), norm, int(g_steps)
         self.discriminator_type, self.backbone_weights = discriminator, backbone_weights
         self.head_filters = int(head_filters)
+        # DiffAugment before D (real and generated alike); ADA tunes its probability p from r_t
+        try:
+            policy = parse_policy(augment)
+            if ada_target is not None and not policy:
+                policy = POLICY
+            if not 0.0 <= float(augment_p) <= 1.0:
+                raise ValueError(f"augment_p must be in [0, 1]. Received: augment_p={augment_p}")
+            self.ada = None if ada_target is None else AdaptiveAugment(
+                self, target=ada_target, speed_images=ada_speed_images, interval=ada_interval)
+        except ValueError as exc:
+            raise UserError(f"lsgan: {exc}") from None
+        self.augment_policy, self.augment_p = policy, float(augment_p)
+        self.ada_target = None if ada_target is None else float(ada_target)
+        self.ada_speed_images, self.ada_interval = int(ada_speed_images), int(ada_interval)
 
         self.generator = build_generator(
             self.image_size, self.channels, self.latent_dim, self.conditional, self.num_classes,
@@ -211,6 +227,10 @@ class LSGAN(keras.Model):
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.d_real_tracker = keras.metrics.Mean(name="d_real")  # mean D(x)
         self.d_fake_tracker = keras.metrics.Mean(name="d_fake")  # mean D(G(z))
+        self.aug_trackers = []
+        if self.augment_policy:  # logged per epoch (history.csv, TensorBoard scalars)
+            self.aug_trackers = [keras.metrics.Mean(name="aug_p")] + (
+                [keras.metrics.Mean(name="ada_r_t")] if self.ada is not None else [])
         self.built = True
 
     # ---- contract
@@ -220,7 +240,8 @@ class LSGAN(keras.Model):
 
     @property
     def metrics(self):
-        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_tracker, self.d_fake_tracker]
+        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_tracker, self.d_fake_tracker,
+                *self.aug_trackers]
 
     def latent_from_noise(self, noise):
         """Standard-normal noise -> the generator's latent (identity, or erf for uniform(-1, 1))."""
@@ -249,6 +270,15 @@ class LSGAN(keras.Model):
 
     def call(self, noise, labels=None, training=False):
         return self.generate(noise, labels, training=training)
+
+    def augment(self, images):
+        """DiffAugment with the current p (ADA's, or the fixed `augment_p`); identity when off."""
+        if not self.augment_policy:
+            return images
+        from keras_cxr.diffaugment import diff_augment
+
+        p = self.ada.p if self.ada is not None else self.augment_p
+        return diff_augment(images, p, self.seed_generator, self.augment_policy, "tanh")
 
     # ---- compile with two optimizers (restored from .keras via get/compile_from_config)
     def compile(self, g_optimizer=None, d_optimizer=None, g_learning_rate=2e-4, d_learning_rate=2e-4,
@@ -302,19 +332,22 @@ class LSGAN(keras.Model):
         noise = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
         fake = self.generate(noise, labels, training=True)
         with tf.GradientTape() as tape:
-            d_real = self.discriminate(images, labels, training=True)
-            d_fake = self.discriminate(fake, labels, training=True)
+            d_real = self.discriminate(self.augment(images), labels, training=True)
+            d_fake = self.discriminate(self.augment(fake), labels, training=True)
             d_loss = discriminator_loss(d_real, d_fake)
             scaled = d_loss * scale
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
+        if self.ada is not None:
+            self.ada.update(d_real, batch)
 
         # generator step(s): fake -> 1
         g_vars = self.generator.trainable_variables
         for _ in range(self.g_steps):
             noise = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
             with tf.GradientTape() as tape:
-                g_out = self.discriminate(self.generate(noise, labels, training=True), labels, training=True)
+                g_out = self.discriminate(self.augment(self.generate(noise, labels, training=True)), labels,
+                                          training=True)
                 g_loss = generator_loss(g_out)
                 scaled = g_loss * scale
             self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
@@ -335,6 +368,10 @@ class LSGAN(keras.Model):
         self.g_loss_tracker.update_state(g_loss)
         self.d_real_tracker.update_state(ops.mean(d_real))
         self.d_fake_tracker.update_state(ops.mean(d_fake))
+        if self.aug_trackers:
+            self.aug_trackers[0].update_state(self.ada.p if self.ada is not None else self.augment_p)
+        if self.ada is not None:
+            self.aug_trackers[1].update_state(self.ada.r_t)
         return {m.name: m.result() for m in self.metrics}
 
     @classmethod
@@ -351,6 +388,10 @@ class LSGAN(keras.Model):
             "discriminator": self.discriminator_type, "backbone_weights": self.backbone_weights,
             "head_filters": self.head_filters,
         })
+        if self.augment_policy:  # only when used: configs of earlier models stay as they were
+            config.update({"augment": ",".join(self.augment_policy), "augment_p": self.augment_p,
+                           "ada_target": self.ada_target, "ada_speed_images": self.ada_speed_images,
+                           "ada_interval": self.ada_interval})
         return config
 
 
@@ -378,6 +419,20 @@ PRESETS = {
         "model_kwargs": {"latent_dim": 100, "conditional": True, "embed_dim": 32, "norm": "spectral"},
         "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
     },
+    # little data: DiffAugment (translation, cutout, brightness, contrast) before D on real and generated
+    # images, its probability p tuned by ADA toward r_t = 0.6 (p can go 0 -> 1 in 20k images = 50 epochs)
+    "ada": {
+        "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5,
+        "model_kwargs": {"latent_dim": 100, "noise": "normal", "g_filters": 32, "d_filters": 32, "g_steps": 1,
+                         "norm": "spectral", "ada_target": 0.6, "ada_speed_images": 20_000},
+        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
+    },
+    "conditional-ada": {
+        "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5,
+        "model_kwargs": {"latent_dim": 100, "conditional": True, "embed_dim": 32, "norm": "spectral",
+                         "ada_target": 0.6, "ada_speed_images": 20_000},
+        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
+    },
     # projected-GAN discriminator on frozen VGG16 features (ImageNet weights when available)
     "projected-vgg16": {
         "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5, "channels": 1,
@@ -388,7 +443,8 @@ PRESETS = {
 }
 
 _MODEL_KEYS = {"latent_dim", "noise", "conditional", "num_classes", "embed_dim", "g_filters", "d_filters",
-               "max_filters", "norm", "g_steps", "discriminator", "backbone_weights", "head_filters"}
+               "max_filters", "norm", "g_steps", "discriminator", "backbone_weights", "head_filters",
+               "augment", "augment_p", "ada_target", "ada_speed_images", "ada_interval"}
 _COMPILE_KEYS = {"g_learning_rate", "d_learning_rate", "beta_1", "beta_2"}
 
 
