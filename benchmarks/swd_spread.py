@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     if len(sizes) != 1:
         p.error(f"the models differ in image size ({sorted(sizes)}); give models of one size")
     ref = E.prepare_reference(split="heldout", n=args.n, image_size=sizes.pop(), seed=0, features="none", verbose=0)
-    m = ref.m
-    da = pyramid_descriptors(ref.a, seed=0)
+    m = ref.k  # the compared-set size (= the floor B)
+    da = pyramid_descriptors(ref.a[:m], seed=0)  # as `compare`: SWD against the first k of A
     floor = swd_from_descriptors(da, pyramid_descriptors(ref.b, seed=0), seed=0)["swd"]
     print(json.dumps({"m": m, "n": args.n, "floor_half_B": round(floor, 1)}), flush=True)
     for path, gen in zip(args.exports, gens):

@@ -7,11 +7,15 @@
 Generators are read only through `keras_cxr.sampling.load_generator(path)` (the export contract);
 this module never imports training code. What is measured, per row of the table:
 
-- the REAL held-out split (default "val") is shuffled with `seed` and cut into two disjoint halves
-  A and B of m = min(n, len/2) images each. Every two-sample metric compares a set against A:
-  * "generated": the first m generated images (all n for diversity / spectrum / memorisation),
-  * "real floor": B (the best a perfect generator can score at this m),
+- EVERY image of the REAL held-out split (default "val"; `max_real` caps the count) is used: shuffled
+  with `seed` and cut into two disjoint sets, B of k = min(n, len/2) images and the reference A of
+  all the others (len - k >= k). Every two-sample metric compares a set of k images against A:
+  * "generated": the first k of the n generated images (all n for diversity / spectrum /
+    memorisation),
+  * "real floor": B (the best a perfect generator can score at this k),
   * "blurred real": B blurred with a Gaussian of sigma=1 px (what blur alone costs).
+  FID, KID, the spectrum and the memorisation threshold use all of A; SWD and precision / recall,
+  whose values depend on both set sizes, use A's first k images (equal sets).
 - metrics: FID and KID on the chosen features (default `auto`: `inception`, the standard FID
   InceptionV3, when `keras-cxr weights fid-inception` has converted its weights, else `cxr`, the
   finding classifier's features; or a .keras model, or none); with `inception` and a classifier,
@@ -19,6 +23,18 @@ this module never imports training code. What is measured, per row of the table:
   distance, precision / recall / density / coverage, MS-SSIM diversity, memorisation (nearest
   training image; threshold from A), and for conditional models label fidelity (AUROC per finding
   of the classifier on generated-for-finding vs others, beside its AUROC on real held-out images).
+- FID carries its bias at this k: the real floor's FID is what a perfect generator scores; FID∞
+  (Chong & Forsyth 2020: extrapolated to infinitely many samples in 1/N) is added as `fid_inf`
+  where the fit is valid (k / 5 >= 2 x the feature dimension).
+- bootstrap 95 % intervals (`{metric}_ci` = [low, high]) for SWD, spectrum distance, precision,
+  recall, density, coverage, MS-SSIM and memorisation: `n_boot` replicates (default 200, seeded)
+  resample the images of A and of every compared set with replacement; each metric is recomputed
+  from per-image quantities computed once (patch descriptors, per-image spectra, features, pair
+  MS-SSIMs, nearest-training scores). Replicate r draws the same images of A for every row, and
+  the same positions of every compared set of one size (generated sets share their noise seeds, so
+  their replicates are paired). The interval is the replicates' 2.5-97.5 percentile spread, centred
+  on the point estimate (`keras_cxr.bootstrap.centred_interval`). FID and KID have none (KID: its
+  subset std).
 Deterministic for a given `seed`.
 """
 
@@ -35,6 +51,10 @@ from keras_cxr.metrics._images import gray_uint8
 
 BLUR_SIGMA = 1.0
 MIN_PER_SET = 8
+N_BOOT = 200
+ALPHA = 0.05
+SWD_BOOT_PATCHES = 4096  # patches per set and pyramid level in an SWD replicate (>= 32 per image)
+SWD_BOOT_DIRECTIONS = 128  # the first of the point estimate's 4 x 128 directions
 
 
 # --------------------------------------------------------------------------- inputs
@@ -108,8 +128,8 @@ class RealReference:
     image_size: int
     split: str
     findings: list
-    a: np.ndarray  # held-out half A (reference)
-    b: np.ndarray  # held-out half B (floor)
+    a: np.ndarray  # reference A: every held-out image not in B
+    b: np.ndarray  # floor B: k images, as many as each compared set
     labels_a: np.ndarray
     labels_b: np.ndarray
     has_labels: bool
@@ -121,7 +141,17 @@ class RealReference:
 
     @property
     def m(self) -> int:
+        """Images in the reference A."""
         return len(self.a)
+
+    @property
+    def k(self) -> int:
+        """Images in every compared set (B, blurred B, the first k samples of a model)."""
+        return len(self.b)
+
+    @property
+    def swd_boot_patches(self) -> int:
+        return int(min(128, max(32, SWD_BOOT_PATCHES // max(self.k, 1))))
 
     @property
     def blurred(self) -> np.ndarray:
@@ -134,7 +164,9 @@ class RealReference:
 
 def prepare_reference(*, real=None, metadata=None, split="val", split_seed=0, n=1000, image_size=64, seed=0,
                       features="auto", classifier=None, inception_weights=None, max_train=None, views=None,
-                      batch_size=64, verbose=1) -> RealReference:
+                      batch_size=64, verbose=1, max_real=None) -> RealReference:
+    """The real sets: every image of `split` (at most `max_real`), B = k = min(n, len / 2) of them,
+    A = the rest."""
     from custom_datasets import label_matrix, load_records
     from keras_cxr.metrics.features import get_extractor, resolve_features
 
@@ -152,16 +184,21 @@ def prepare_reference(*, real=None, metadata=None, split="val", split_seed=0, n=
         records.attrs = dict(parts[0].attrs)
     else:
         records = load_records(real, metadata, split=split, seed=split_seed, views=views)
+    attrs = dict(records.attrs)
     records = records.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    m = min(int(n), len(records) // 2)
-    if m < MIN_PER_SET:
-        raise UserError(f"split {split!r} of {records.attrs.get('folder')} has {len(records)} images: need at least "
-                        f"{2 * MIN_PER_SET} for two disjoint real sets (use --split all/test or more data)")
-    rec_a, rec_b = records.iloc[:m], records.iloc[m : 2 * m]
-    for r in (rec_a, rec_b):
-        r.attrs = dict(records.attrs)
+    if max_real is not None:
+        records = records.iloc[: int(max_real)].reset_index(drop=True)
+    k = min(int(n), len(records) // 2)
+    if k < MIN_PER_SET:
+        raise UserError(f"split {split!r} of {attrs.get('folder')} has {len(records)} images"
+                        + (f" (--max-real {max_real})" if max_real is not None else "")
+                        + f": need at least {2 * MIN_PER_SET} for two disjoint real sets (use --split all/test or "
+                        "more data)")
+    rec_a, rec_b = records.iloc[: len(records) - k], records.iloc[len(records) - k :]
+    for r in (records, rec_a, rec_b):
+        r.attrs = dict(attrs)
     if verbose:
-        print(f"real held-out ({split}): {len(records)} images -> two disjoint sets of {m}")
+        print(f"real held-out ({split}): {len(records)} images -> reference A of {len(rec_a)}, floor B of {k}")
     a = load_real_images(rec_a, image_size, batch_size, verbose)
     b = load_real_images(rec_b, image_size, batch_size, verbose)
     train = load_records(real, metadata, split="train", seed=split_seed, views=views, max_images=max_train)
@@ -180,44 +217,69 @@ def _features(ref, key, images, batch_size, extractor=None):
     return ref.cache[key]
 
 
+def _fid_infinity(ref, features_a, features_s):
+    """{"fid_inf", "fid_bias"} where the 1/N fit is valid at this k (k / 5 >= 2 D), else {}."""
+    from keras_cxr.metrics.fid import fid_infinity
+
+    if len(features_s) < 15 or round(0.2 * len(features_s)) < 2 * features_s.shape[1]:
+        return {}
+    r = fid_infinity(features_a, features_s, seed=ref.seed)
+    return {"fid_inf": r["fid_inf"], "fid_bias": r["bias_at_n"]} if r["valid"] else {}
+
+
 def set_metrics(ref: RealReference, key: str, images: np.ndarray, *, batch_size=64, num_pairs=1000) -> dict:
-    """Every two-sample metric of `images` against held-out half A, plus the set's own diversity."""
+    """Every two-sample metric of `images` (its first k) against the reference A, plus the set's own
+    diversity / spectrum on all of it. Keeps the per-image quantities the bootstrap resamples in
+    `ref.cache`."""
     from keras_cxr.metrics.diversity import ms_ssim_diversity
     from keras_cxr.metrics.fid import fid_from_features, kid_from_features
     from keras_cxr.metrics.prdc import precision_recall_from_features
     from keras_cxr.metrics.spectrum import radial_power_spectrum, spectrum_bias_from_spectra, spectrum_distance_from_spectra
     from keras_cxr.metrics.swd import pyramid_descriptors, swd_from_descriptors
 
-    m, seed = ref.m, ref.seed
+    k, seed = ref.k, ref.seed
     if images.shape[1:3] != ref.a.shape[1:3]:
         raise UserError(f"{key}: images are {images.shape[1]}x{images.shape[2]} px, the real set "
                         f"{ref.a.shape[1]}x{ref.a.shape[2]}")
-    paired = images[:m]
+    paired = images[:k]
     row = {"n": int(len(images)), "n_paired": int(len(paired))}
     if ref.extractor is not None:
         fa = _features(ref, "features:A", ref.a, batch_size)
         fs = _features(ref, f"features:{key}", paired, batch_size)
         row["fid"] = fid_from_features(fa, fs)
-        kid = kid_from_features(fa, fs, subset_size=min(1000, max(2, m // 2)), seed=seed)
+        row.update(_fid_infinity(ref, fa, fs))
+        kid = kid_from_features(fa, fs, subset_size=min(1000, max(2, k // 2)), seed=seed)
         row["kid"], row["kid_std"] = kid["mean"], kid["std"]
-        row.update({k: v for k, v in precision_recall_from_features(fa, fs).items() if k != "k"})
+        row.update({n: v for n, v in precision_recall_from_features(fa[:k], fs).items() if n != "k"})
     if ref.second_extractor is not None:
         ga = _features(ref, "cxr:A", ref.a, batch_size, ref.second_extractor)
         gs = _features(ref, f"cxr:{key}", paired, batch_size, ref.second_extractor)
         row["fid_cxr"] = fid_from_features(ga, gs)
-        kid = kid_from_features(ga, gs, subset_size=min(1000, max(2, m // 2)), seed=seed)
+        kid = kid_from_features(ga, gs, subset_size=min(1000, max(2, k // 2)), seed=seed)
         row["kid_cxr"], row["kid_cxr_std"] = kid["mean"], kid["std"]
+    keep = ref.swd_boot_patches
+
+    def boot_patches(levels):  # the first `keep` patches of every image, for the SWD replicates
+        return [lv.reshape(k, -1, lv.shape[1])[:, :keep].reshape(-1, lv.shape[1]) for lv in levels]
+
     if "swd:A" not in ref.cache:
-        ref.cache["swd:A"] = pyramid_descriptors(ref.a, seed=seed)
-    s = swd_from_descriptors(ref.cache["swd:A"], pyramid_descriptors(paired, seed=seed), seed=seed)
+        levels = pyramid_descriptors(ref.a[:k], seed=seed)
+        ref.cache["swd:A"], ref.cache["swd_boot:A"] = levels, boot_patches(levels)
+    levels = pyramid_descriptors(paired, seed=seed)
+    ref.cache[f"swd_boot:{key}"] = boot_patches(levels)
+    s = swd_from_descriptors(ref.cache["swd:A"], levels, seed=seed)
     row["swd"], row["swd_per_level"] = s["swd"], s["per_level"]
     if "spectrum:A" not in ref.cache:
-        ref.cache["spectrum:A"] = radial_power_spectrum(ref.a)
-    spec = radial_power_spectrum(images)
-    ref.cache[f"spectrum:{key}"] = spec
+        ref.cache["spectra:A"] = radial_power_spectrum(ref.a, per_image=True)
+        ref.cache["spectrum:A"] = ref.cache["spectra:A"].mean(axis=0)
+    spectra = radial_power_spectrum(images, per_image=True)
+    spec = spectra.mean(axis=0)
+    ref.cache[f"spectra:{key}"], ref.cache[f"spectrum:{key}"] = spectra, spec
     row["spectrum"] = spectrum_distance_from_spectra(ref.cache["spectrum:A"], spec)
     row["spectrum_bias"] = spectrum_bias_from_spectra(ref.cache["spectrum:A"], spec)
-    row["ms_ssim"] = ms_ssim_diversity(images, num_pairs=num_pairs, seed=seed)["mean"]
+    div = ms_ssim_diversity(images, num_pairs=num_pairs, seed=seed, return_values=True)
+    ref.cache[f"ms_ssim:{key}"] = (div["pairs"], div["values"])
+    row["ms_ssim"] = div["mean"]
     row["mean_intensity"] = float(images.mean() / 255.0)
     return row
 
@@ -243,7 +305,12 @@ def memorisation_pass(ref: RealReference, query_sets: dict, *, batch_size=256, t
             bar.add(len(batch))
     bounds = np.cumsum([0] + sizes)
     sl = {k: slice(bounds[i], bounds[i + 1]) for i, k in enumerate(names)}
-    out = {"n_train": int(search.seen), "thumb_size": thumb_size, "percentile": percentile, "sets": {}}
+    out = {"n_train": int(search.seen), "thumb_size": thumb_size, "percentile": percentile, "sets": {},
+           "_scores": {}}  # per-image nearest-train scores (pixel correlation, -feature distance), for the bootstrap
+    for k in names:
+        out["_scores"][k] = {"pixel": search.best_corr[sl[k]].copy()}
+        if qf is not None:
+            out["_scores"][k]["features"] = -search.best_feat_dist[sl[k]]
     for k in query_sets:
         pix = flag_fraction(search.best_corr[sl[k]], search.best_corr[sl["A"]], percentile)
         entry = {"pixel": pix}
@@ -260,6 +327,63 @@ def memorisation_pass(ref: RealReference, query_sets: dict, *, batch_size=256, t
                             "train_index": search.best_index[sl[k]][order].tolist()}
         out["sets"][k] = entry
     return out
+
+
+# --------------------------------------------------------------------------- bootstrap intervals
+def _memorised_replicates(ref_scores, set_scores, ref_counts, set_counts, percentile):
+    """Memorised fraction per replicate: threshold = the percentile of the drawn A images' scores."""
+    thr = np.array([np.percentile(np.repeat(ref_scores, c), percentile) for c in ref_counts])
+    above = np.asarray(set_scores)[None, :] > thr[:, None]  # [R, N]
+    return (set_counts * above).sum(axis=1) / set_counts.sum(axis=1)
+
+
+def bootstrap_intervals(ref: RealReference, sets: dict, rows: dict, mem: dict, *, n_boot: int = N_BOOT,
+                        alpha: float = ALPHA, verbose: int = 1) -> dict:
+    """Add `{metric}_ci` = [low, high] to every row: `sets` {row name: cache key} of rows measured
+    by `set_metrics`, `mem` the `memorisation_pass` result. Returns the protocol's description."""
+    from keras_cxr.bootstrap import centred_interval, count_matrix
+    from keras_cxr.metrics.diversity import ms_ssim_replicates
+    from keras_cxr.metrics.prdc import precision_recall_replicates
+    from keras_cxr.metrics.spectrum import spectrum_distance_replicates
+    from keras_cxr.metrics.swd import swd_replicates
+
+    t0 = time.process_time()
+    seed, k = ref.seed, ref.k
+    counts = {}
+
+    def draws(role, size):  # one seeded draw per role and size: shared by every row that uses it
+        if (role, size) not in counts:
+            counts[(role, size)] = count_matrix(size, n_boot, [seed, 8501, role, size])
+        return counts[(role, size)]
+
+    ref_all, ref_k, paired = draws(0, ref.m), draws(1, k), draws(2, k)
+    reps = {name: {} for name in sets}
+    swd = swd_replicates(ref.cache["swd_boot:A"], {name: ref.cache[f"swd_boot:{key}"] for name, key in sets.items()},
+                         ref_k, paired, seed=seed, num_repeats=1, num_directions=SWD_BOOT_DIRECTIONS)
+    for name, key in sets.items():
+        whole = draws(3, len(ref.cache[f"spectra:{key}"]))
+        r = reps[name]
+        r["swd"] = swd[name]
+        r["spectrum"] = spectrum_distance_replicates(ref.cache["spectra:A"], ref.cache[f"spectra:{key}"], ref_all, whole)
+        r["ms_ssim"] = ms_ssim_replicates(*ref.cache[f"ms_ssim:{key}"], whole)
+        if f"features:{key}" in ref.cache:
+            r.update(precision_recall_replicates(ref.cache["features:A"][:k], ref.cache[f"features:{key}"], ref_k, paired))
+        scores = mem["_scores"]
+        for kind, column in (("pixel", "memorised"), ("features", "memorised_features")):
+            if kind in scores[key]:
+                r[column] = _memorised_replicates(scores["A"][kind], scores[key][kind], ref_all, whole, mem["percentile"])
+    for name, r in reps.items():
+        for column, values in r.items():
+            if column in rows[name]:
+                rows[name][f"{column}_ci"] = list(centred_interval(rows[name][column], values, alpha))
+    elapsed = time.process_time() - t0
+    if verbose:
+        print(f"bootstrap: {n_boot} replicates x {len(sets)} sets in {elapsed:.1f} s CPU")
+    return {"replicates": int(n_boot), "seed": int(seed), "alpha": float(alpha), "cpu_s": round(elapsed, 1),
+            "interval": "percentiles 2.5 / 97.5 of the replicates, centred on the point estimate",
+            "resampled": {"reference A": ref.m, "compared sets": k},
+            "swd": {"patches_per_image": ref.swd_boot_patches, "directions": SWD_BOOT_DIRECTIONS},
+            "metrics": sorted({c for r in reps.values() for c in r})}
 
 
 def _conditional_labels(ref: RealReference, n: int, seed: int, gen_config: dict):
@@ -302,6 +426,11 @@ def _label_fidelity(ref, generator, classifier, findings, per_finding, seed, bat
 
 
 # --------------------------------------------------------------------------- public API
+def name_of(key: str) -> str:
+    """The model name of a `set_metrics` cache key "gen:NAME"."""
+    return key[4:] if key.startswith("gen:") else key
+
+
 def _model_name(model) -> str:
     if isinstance(model, (str, Path)):
         return Path(model).name
@@ -310,12 +439,17 @@ def _model_name(model) -> str:
 
 def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=1000, features="auto", classifier=None,
             inception_weights=None, seed=0, batch_size=64, max_train=None, label_samples=16, names=None, out=None,
-            verbose=1, _single=False) -> dict:
-    """Evaluate several generators on the same real sets and seed; write the report when `out`."""
+            verbose=1, max_real=None, n_boot=N_BOOT, _single=False) -> dict:
+    """Evaluate several generators on the same real sets and seed; write the report when `out`.
+
+    `max_real`: use at most this many held-out images (default: all of the split); `n_boot`:
+    bootstrap replicates of the intervals (0: none)."""
     t0 = time.time()
     models = list(models)
     if not models:
         raise UserError("no models to evaluate")
+    if int(n_boot) < 0 or 0 < int(n_boot) < 20:
+        raise UserError(f"n_boot={n_boot}: use 0 (no intervals) or at least 20 bootstrap replicates")
     if out is not None:  # before any long work: the report folder may be written, and replaces nothing of the user's
         from keras_cxr.fileio import check_output
 
@@ -335,7 +469,7 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
     ref = prepare_reference(real=real, metadata=metadata, split=split, split_seed=split_seed, n=n,
                             image_size=image_size, seed=seed, features=features, classifier=classifier,
                             inception_weights=inception_weights, max_train=max_train, batch_size=batch_size,
-                            verbose=verbose)
+                            verbose=verbose, max_real=max_real)
     clf = None
     if classifier is not None:
         from keras_cxr.models.classifier import load_classifier
@@ -364,23 +498,27 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
 
     if verbose:
         print("metrics ...")
-    rows["real floor (held-out B)"] = set_metrics(ref, "B", ref.b, batch_size=batch_size)
-    rows[f"blurred real (B, sigma={BLUR_SIGMA:g} px)"] = set_metrics(ref, "blur", ref.blurred, batch_size=batch_size)
-    for name in names:
-        rows[name] = set_metrics(ref, f"gen:{name}", samples[name], batch_size=batch_size)
+    floor_row, blur_row = "real floor (held-out B)", f"blurred real (B, sigma={BLUR_SIGMA:g} px)"
+    keys = {floor_row: "B", blur_row: "blur", **{name: f"gen:{name}" for name in names}}
+    for row_name, key in keys.items():
+        images = {"B": ref.b, "blur": ref.blurred}.get(key)
+        rows[row_name] = set_metrics(ref, key, samples[name_of(key)] if images is None else images,
+                                     batch_size=batch_size)
     mem = memorisation_pass(ref, {"B": ref.b, "blur": ref.blurred, **{f"gen:{k}": samples[k] for k in names}},
                             batch_size=max(batch_size, 128), verbose=verbose)
-    for key, row_name in [("B", "real floor (held-out B)"), ("blur", f"blurred real (B, sigma={BLUR_SIGMA:g} px)")] + \
-            [(f"gen:{k}", k) for k in names]:
+    for row_name, key in keys.items():
         rows[row_name]["memorised"] = mem["sets"][key]["pixel"]["fraction"]
         rows[row_name]["nn_correlation"] = mem["sets"][key]["pixel"]["generated_median"]
         if "features" in mem["sets"][key]:
             rows[row_name]["memorised_features"] = mem["sets"][key]["features"]["fraction"]
+    boot = None
+    if n_boot:
+        boot = bootstrap_intervals(ref, keys, rows, mem, n_boot=n_boot, verbose=verbose)
 
     from keras_cxr.metrics.fid import small_n_warning
 
     warnings = []
-    w = small_n_warning(ref.m) if ref.extractor is not None else None
+    w = small_n_warning(ref.k) if ref.extractor is not None else None
     if w:
         warnings.append(w)
     if split in ("train", "all"):
@@ -398,11 +536,13 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
             "columns": ["fid_cxr", "kid_cxr"]},
         "classifier": None if clf is None else {"path": str(clf.path), "val_auroc": clf.config.get("val_auroc"),
                                                 "val_mean_auroc": clf.config.get("val_mean_auroc")},
-        "counts": {"n_generated": int(n), "n_per_set": ref.m, "n_train": mem["n_train"], "split": split,
-                   "heldout_images": 2 * ref.m, "image_size": image_size, "label_samples_per_finding": label_samples},
+        "counts": {"n_generated": int(n), "n_per_set": ref.k, "n_reference": ref.m, "n_train": mem["n_train"],
+                   "split": split, "heldout_images": ref.m + ref.k, "max_real": max_real, "image_size": image_size,
+                   "label_samples_per_finding": label_samples},
+        "bootstrap": boot,
         "warnings": warnings,
         "rows": rows,
-        "reference_rows": ["real floor (held-out B)", f"blurred real (B, sigma={BLUR_SIGMA:g} px)"],
+        "reference_rows": [floor_row, blur_row],
         "memorisation": {"percentile": mem["percentile"], "thumb_size": mem["thumb_size"],
                          "threshold_correlation": None},
         "models_info": {k: {kk: vv for kk, vv in v.items() if kk != "per_finding_samples"} for k, v in extras.items()},
@@ -412,6 +552,9 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
     }
     any_key = next(iter(mem["sets"]))
     results["memorisation"]["threshold_correlation"] = mem["sets"][any_key]["pixel"]["threshold"]
+    from keras_cxr.report import column_ties
+
+    results["ties"] = column_ties(results)
     results["elapsed_s"] = round(time.time() - t0, 1)
     artefacts = {"samples": samples, "real_a": ref.a, "real_b": ref.b, "blurred": ref.blurred,
                  "closest": {k: mem["sets"][f"gen:{k}"]["closest"] for k in names},

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = [  # key, header, format, how to read
-    ("fid", "FID", "{:.2f}", "lower is better"),
+    ("fid", "FID", "{:.2f}", "lower is better; biased upwards at this n: a perfect model scores the real floor's FID"),
+    ("fid_inf", "FID∞", "{:.2f}", "FID extrapolated to infinitely many samples (Chong & Forsyth 2020)"),
     ("kid", "KID ×1e3", None, "unbiased; ~0 = same distribution"),
     ("fid_cxr", "FID (cxr)", "{:.2f}", "FID on the finding classifier's features; comparable within one table only"),
     ("kid_cxr", "KID ×1e3 (cxr)", None, "KID on the finding classifier's features"),
@@ -30,19 +31,87 @@ COLUMNS = [  # key, header, format, how to read
 ]
 
 
+# Which way is better, per column with intervals: tie marks compare models on these.
+DIRECTION = {"swd": "lower", "spectrum": "lower", "memorised": "lower", "memorised_features": "lower",
+             "precision": "higher", "recall": "higher", "ms_ssim": "floor"}  # floor: closest to the real floor
+BEST, TIE = "**", "≈"
+LEGEND = ("Cells: value [95 % bootstrap interval]. Per column, **bold** = the best model (MS-SSIM: the closest to "
+          "the real floor), ≈ = a model whose interval overlaps the best one's: a tie at this n, not a ranking; "
+          "unmarked models are worse than the best beyond the intervals. FID and KID carry no interval and no mark "
+          "(KID: ± its std over subsets).")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _fmt(row, key, fmt):
+    ci = row.get(f"{key}_ci")
     if key == "spectrum":
         if "spectrum" not in row:
             return "–"
-        return f"{row['spectrum']:.3f} ({row.get('spectrum_bias', float('nan')):+.2f})"
+        fmt = "{:.3f}"
     if key in ("kid", "kid_cxr"):
         if key not in row:
             return "–"
         return f"{1e3 * row[key]:.2f} ± {1e3 * row[key + '_std']:.2f}"
     v = row.get(key)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if _missing(v):
         return "–"
-    return fmt.format(v)
+    text = fmt.format(v)
+    if ci is not None and not any(_missing(c) for c in ci):
+        text += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    if key == "spectrum":
+        text += f" ({row.get('spectrum_bias', float('nan')):+.2f})"
+    return text
+
+
+def _distance_interval(ci, target):
+    """The interval of |x - target| for x in ci."""
+    lo, hi = abs(ci[0] - target), abs(ci[1] - target)
+    return (0.0 if ci[0] <= target <= ci[1] else min(lo, hi)), max(lo, hi)
+
+
+def column_ties(results) -> dict:
+    """Per column with intervals and at least two models: {"best": [the model(s) with the best
+    value], "tied": [the other models whose interval overlaps a best one's], "overlapping_pairs":
+    [[a, b], ...] (every overlapping pair of models), "direction"}. Reference rows are never ranked."""
+    from keras_cxr.bootstrap import intervals_overlap
+
+    refs = set(results["reference_rows"])
+    models = [k for k in results["rows"] if k not in refs]
+    floor = results["rows"].get(results["reference_rows"][0], {}) if results["reference_rows"] else {}
+    out = {}
+    for key, direction in DIRECTION.items():
+        have = [m for m in models if not _missing(results["rows"][m].get(key))
+                and results["rows"][m].get(f"{key}_ci") is not None
+                and not any(_missing(c) for c in results["rows"][m][f"{key}_ci"])]
+        if len(have) < 2:
+            continue
+        value = {m: results["rows"][m][key] for m in have}
+        ci = {m: tuple(results["rows"][m][f"{key}_ci"]) for m in have}
+        if direction == "floor":
+            if _missing(floor.get(key)):
+                continue
+            value = {m: abs(v - floor[key]) for m, v in value.items()}
+            ci = {m: _distance_interval(c, floor[key]) for m, c in ci.items()}
+        score = {m: (v if direction in ("lower", "floor") else -v) for m, v in value.items()}
+        top = min(score.values())
+        best = [m for m in have if score[m] == top]
+        out[key] = {"best": best, "direction": direction,
+                    "tied": [m for m in have if m not in best and any(intervals_overlap(ci[m], ci[b]) for b in best)],
+                    "overlapping_pairs": [[a, b] for i, a in enumerate(have) for b in have[i + 1 :]
+                                          if intervals_overlap(ci[a], ci[b])]}
+    return out
+
+
+def _mark(name, key, ties):
+    t = ties.get(key)
+    if not t:
+        return None
+    if name in t["best"]:
+        return "best"
+    return "tie" if name in t["tied"] else None
 
 
 def _columns(results):
@@ -51,19 +120,33 @@ def _columns(results):
 
 
 def table_rows(results):
-    """[(row name, [cell strings])] in display order: models first, then the reference rows."""
+    """([(row name, [cell strings], [mark per cell: "best" | "tie" | None])], columns) in display
+    order: models first, then the reference rows."""
     refs = results["reference_rows"]
     order = [k for k in results["rows"] if k not in refs] + refs
     cols = _columns(results)
-    return [(name, [_fmt(results["rows"][name], k, f) for k, _, f, _ in cols]) for name in order], cols
+    ties = results.get("ties")
+    if ties is None:
+        ties = column_ties(results)
+    return [(name, [_fmt(results["rows"][name], k, f) for k, _, f, _ in cols],
+             [_mark(name, k, ties) for k, _, _, _ in cols]) for name in order], cols
 
 
-def markdown_table(results) -> str:
+def _has_intervals(results) -> bool:
+    return any(k.endswith("_ci") for r in results["rows"].values() for k in r)
+
+
+def markdown_table(results, legend: bool = True) -> str:
+    """The metric table; with `legend`, the line explaining intervals and tie marks under it."""
     rows, cols = table_rows(results)
     lines = ["| set | n | " + " | ".join(h for _, h, _, _ in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
-    for name, cells in rows:
+    for name, cells, marks in rows:
+        cells = [f"{BEST}{c}{BEST}" if m == "best" else f"{TIE} {c}" if m == "tie" else c
+                 for c, m in zip(cells, marks)]
         lines.append(f"| {name} | {results['rows'][name]['n_paired']} | " + " | ".join(cells) + " |")
+    if legend and _has_intervals(results):
+        lines += ["", LEGEND]
     return "\n".join(lines)
 
 
@@ -72,10 +155,18 @@ def html_table(results) -> str:
     head = "".join(f"<th title='{html.escape(t)}'>{html.escape(h)}</th>" for _, h, _, t in cols)
     body = []
     refs = set(results["reference_rows"])
-    for name, cells in rows:
+
+    def cell(c, m):
+        if m == "best":
+            return f"<td class='best'><b>{html.escape(c)}</b></td>"
+        if m == "tie":
+            return f"<td class='tie'>{TIE} {html.escape(c)}</td>"
+        return f"<td>{html.escape(c)}</td>"
+
+    for name, cells, marks in rows:
         cls = " class='ref'" if name in refs else ""
         body.append(f"<tr{cls}><td>{html.escape(name)}</td><td>{results['rows'][name]['n_paired']}</td>"
-                    + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+                    + "".join(cell(c, m) for c, m in zip(cells, marks)) + "</tr>")
     return f"<table><thead><tr><th>set</th><th>n</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -229,10 +320,25 @@ def _header_md(results):
     ext = results["extractor"]
     lines = [
         f"- features: **{ext['name']}** — {ext['description']}" if ext else "- features: none (FID/KID/precision/recall skipped)",
-        f"- real held-out split `{c['split']}`: two disjoint sets of **{c['n_per_set']}** images (A = reference, "
-        f"B = floor); generated: **{c['n_generated']}** per model (first {c['n_per_set']} used for two-sample metrics); "
-        f"training images searched for memorisation: {c['n_train']}; image size {c['image_size']} px; seed {results['seed']}",
+        f"- real held-out split `{c['split']}`: all **{c.get('heldout_images')}** images"
+        + (f" (capped by --max-real {c['max_real']})" if c.get("max_real") else "")
+        + f": reference A = {c.get('n_reference', c['n_per_set'])}, floor B = **{c['n_per_set']}**; generated: "
+        f"**{c['n_generated']}** per model (the first {c['n_per_set']} for the two-sample metrics, all for spectrum, "
+        f"MS-SSIM and memorisation); SWD and precision / recall against A's first {c['n_per_set']}; training images "
+        f"searched for memorisation: {c['n_train']}; image size {c['image_size']} px; seed {results['seed']}",
     ]
+    floor = results["rows"].get(results["reference_rows"][0], {}) if results.get("reference_rows") else {}
+    if not _missing(floor.get("fid")):
+        inf = any("fid_inf" in r for r in results["rows"].values())
+        lines.append(f"- FID at n = {c['n_per_set']} per set is biased upwards: a perfect generator scores about the real "
+                     f"floor's {floor['fid']:.2f}, not 0"
+                     + ("; FID∞ is the Chong & Forsyth (2020) extrapolation to infinitely many samples" if inf else
+                        f"; FID∞ (Chong & Forsyth 2020) needs n / 5 >= 2 x the feature dimension, not extrapolated here"))
+    boot = results.get("bootstrap")
+    if boot:
+        lines.append(f"- intervals: 95 % bootstrap, {boot['replicates']} replicates (seed {boot['seed']}) resampling the "
+                     f"images of A and of every compared set; {boot['interval']}; SWD replicates on "
+                     f"{boot['swd']['patches_per_image']} patches per image and {boot['swd']['directions']} directions")
     if results.get("classifier"):
         lines.append(f"- classifier: `{results['classifier']['path']}` (mean val AUROC "
                      f"{_num(results['classifier'].get('val_mean_auroc'))})")
@@ -307,7 +413,8 @@ def _write_docs(results, figures, out: Path, title: str) -> None:
                          f"src='data:image/png;base64,{data}'></a><figcaption>{html.escape(caption)}</figcaption></figure>")
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><ul>{_md_to_html_lines(_header_md(results))}</ul>"
-           f"{html_table(results)}<p>{_inline(HOW_TO_READ)}</p>{_md_to_html_lines(_label_fidelity_md(results))}"
+           f"{html_table(results)}{_inline(LEGEND).join(('<p style=font-size:12px>', '</p>')) if _has_intervals(results) else ''}"
+           f"<p>{_inline(HOW_TO_READ)}</p>{_md_to_html_lines(_label_fidelity_md(results))}"
            f"{''.join(figs_html)}<p style='font-size:11px;color:#777'>Real images: NIH Clinical Center ChestX-ray14 "
            "(Wang et al., CVPR 2017). Research use only.</p></body></html>")
     (out / "report.html").write_text(doc, encoding="utf-8")

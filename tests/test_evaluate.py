@@ -72,7 +72,7 @@ def evaluated(workdir):
     out = workdir["root"] / "report"
     code = main(["evaluate", "--model", str(workdir["cond"]), "--real", str(workdir["data"]), "--n", str(N),
                  "--features", "cxr",  # explicit: the default is inception wherever its weights are converted
-                 "--classifier", str(workdir["cls"]), "--label-samples", "4", "--seed", "3", "--out", str(out)])
+                 "--classifier", str(workdir["cls"]), "--label-samples", "4", "--seed", "3", "--n-boot", "50", "--out", str(out)])
     assert code == 0
     return out
 
@@ -103,6 +103,8 @@ def test_evaluate_writes_metrics_with_floor_and_blur_rows(evaluated):
     for row in rows.values():
         for key in ("fid", "kid", "kid_std", "swd", "spectrum", "precision", "recall", "ms_ssim", "memorised"):
             assert row[key] is not None and np.isfinite(row[key]), key
+        for key in ("swd", "spectrum", "precision", "recall", "ms_ssim", "memorised", "memorised_features"):
+            assert row[f"{key}_ci"][0] <= row[key] <= row[f"{key}_ci"][1], key
     # the reference rows behave as they must: blur costs spectrum distance, the floor does not
     floor, blur = rows["real floor (held-out B)"], rows["blurred real (B, sigma=1 px)"]
     assert blur["spectrum"] > 10 * floor["spectrum"]
@@ -129,7 +131,7 @@ def test_evaluate_is_deterministic(workdir, evaluated):
     from keras_cxr.evaluation import evaluate
 
     again = evaluate(str(workdir["cond"]), real=str(workdir["data"]), n=N, features="cxr",
-                     classifier=str(workdir["cls"]), label_samples=4, seed=3, verbose=0)
+                     classifier=str(workdir["cls"]), label_samples=4, seed=3, n_boot=50, verbose=0)
     first = json.loads((evaluated / "metrics.json").read_text())
     for name, row in again["rows"].items():
         for key, value in row.items():
@@ -139,13 +141,21 @@ def test_evaluate_is_deterministic(workdir, evaluated):
 def test_compare_two_models_one_table(workdir, capsys):
     out = workdir["root"] / "compare"
     code = main(["compare", str(workdir["uncond"]), str(workdir["cond"]), "--real", str(workdir["data"]),
-                 "--n", str(N), "--features", "none", "--label-samples", "2", "--max-train", "100", "--out", str(out)])
+                 "--n", str(N), "--features", "none", "--label-samples", "2", "--max-train", "100", "--n-boot", "50",
+                 "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| tiny-uncond |" in printed and "| tiny-cond |" in printed and "real floor" in printed
+    assert "≈ = a model whose interval overlaps" in printed and "**" in printed  # intervals and tie marks
     m = json.loads((out / "metrics.json").read_text())
     assert m["models"] == ["tiny-uncond", "tiny-cond"] and m["extractor"] is None
     assert "fid" not in m["rows"]["tiny-cond"] and "swd" in m["rows"]["tiny-cond"]
+    assert m["bootstrap"]["replicates"] == 50 and m["counts"]["n_reference"] == 25 and m["counts"]["n_per_set"] == 25
+    for row in m["rows"].values():  # every row carries its intervals, around its value
+        for key in ("swd", "spectrum", "ms_ssim", "memorised"):
+            lo, hi = row[f"{key}_ci"]
+            assert lo <= row[key] <= hi, key
+    assert set(m["ties"]) >= {"swd", "spectrum"} and all(t["best"] for t in m["ties"].values())
     assert (out / "figures" / "grids.png").is_file() and (out / "report.html").is_file()
     # the two tiny models differ, and each differs from the real floor
     assert m["rows"]["tiny-uncond"]["swd"] != m["rows"]["tiny-cond"]["swd"]
@@ -159,3 +169,5 @@ def test_bad_inputs_exit_2_with_one_line(workdir, tmp_path, capsys):
                  "inception", "--inception-weights", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r")]) == 2
     assert "--inception-weights" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(workdir["uncond"]), "--n", "4"]) == 2
+    assert main(["evaluate", "--model", str(workdir["uncond"]), "--n-boot", "5"]) == 2
+    assert "--n-boot" in capsys.readouterr().err

@@ -24,6 +24,11 @@ def add_evaluation_arguments(p) -> None:
                    help="search at most this many training images for memorisation (default: all)")
     m = p.add_argument_group("metrics")
     m.add_argument("--n", type=whole(16), default=1000, help="generated samples per model (default 1000)")
+    m.add_argument("--max-real", type=whole(16), default=None, metavar="N",
+                   help="use at most N held-out real images (default: every image of the split; the floor set B "
+                        "has min(n, N/2), the reference A the rest)")
+    m.add_argument("--n-boot", type=whole(0), default=200, metavar="R",
+                   help="bootstrap replicates of the 95 %% intervals (default 200; 0 = no intervals)")
     m.add_argument("--features", default="auto", metavar="auto|inception|cxr|none|PATH",
                    help="feature extractor for FID/KID/precision-recall: inception (the standard FID InceptionV3; "
                         "convert its weights once with `keras-cxr weights fid-inception`), cxr (the finding "
@@ -48,7 +53,10 @@ def evaluation_kwargs(args) -> dict:
         raise UserError(f"--n {args.n}: use at least 16 samples")
     if args.batch_size < 1 or args.label_samples < 2:
         raise UserError("--batch-size must be >= 1 and --label-samples >= 2")
-    return dict(real=args.real, metadata=args.metadata, split=args.split, split_seed=args.split_seed, n=args.n,
+    if args.n_boot < 0 or 0 < args.n_boot < 20:
+        raise UserError(f"--n-boot {args.n_boot}: use 0 (no intervals) or at least 20 replicates")
+    return dict(max_real=args.max_real, n_boot=args.n_boot,
+                real=args.real, metadata=args.metadata, split=args.split, split_seed=args.split_seed, n=args.n,
                 features=args.features, classifier=args.classifier, inception_weights=args.inception_weights,
                 seed=args.seed, batch_size=args.batch_size, max_train=args.max_train, label_samples=args.label_samples)
 
@@ -64,7 +72,8 @@ def print_summary(results) -> None:
 
     c = results["counts"]
     ext = results["extractor"]["name"] if results["extractor"] else "none"
-    print(f"\nfeatures: {ext}; real sets: 2 x {c['n_per_set']} ({c['split']}); generated: {c['n_generated']}")
+    print(f"\nfeatures: {ext}; real ({c['split']}): reference A {c['n_reference']} + floor B {c['n_per_set']}; "
+          f"generated: {c['n_generated']}")
     for w in results["warnings"]:
         print(f"warning: {w}")
     print(markdown_table(results))

@@ -40,8 +40,9 @@ def random_pairs(n: int, num_pairs: int, seed: int = 0) -> np.ndarray:
 
 
 def ms_ssim_diversity(images, *, num_pairs: int = 1000, seed: int = 0, batch_size: int = 128,
-                      value_range=None) -> dict:
-    """{"mean", "std", "num_pairs"} of MS-SSIM over random pairs of distinct images in the set."""
+                      value_range=None, return_values: bool = False) -> dict:
+    """{"mean", "std", "num_pairs"} of MS-SSIM over random pairs of distinct images in the set
+    (+ "pairs" [P, 2] and "values" [P] when `return_values`, for `ms_ssim_replicates`)."""
     import tensorflow as tf
 
     x = as_array(images, value_range)
@@ -56,4 +57,19 @@ def ms_ssim_diversity(images, *, num_pairs: int = 1000, seed: int = 0, batch_siz
                                      power_factors=factors)
         values.append(v.numpy())
     values = np.concatenate(values)
-    return {"mean": float(values.mean()), "std": float(values.std()), "num_pairs": int(len(pairs))}
+    out = {"mean": float(values.mean()), "std": float(values.std()), "num_pairs": int(len(pairs))}
+    if return_values:
+        out.update(pairs=pairs, values=values.astype(np.float64))
+    return out
+
+
+def ms_ssim_replicates(pairs, values, counts) -> np.ndarray:
+    """MS-SSIM diversity per bootstrap replicate of the IMAGES: a pair (i, j) counts w_i w_j times
+    when replicate counts w [R, N] drew image i w_i times (pairs of one image kept together).
+    NaN for a replicate that drew no computed pair."""
+    w = np.asarray(counts, np.float64)
+    pairs = np.asarray(pairs)
+    pw = w[:, pairs[:, 0]] * w[:, pairs[:, 1]]  # [R, P]
+    tot = pw.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, pw @ np.asarray(values, np.float64) / np.where(tot > 0, tot, 1.0), np.nan)

@@ -8,6 +8,14 @@ KID (Bińkowski et al. 2018): the unbiased MMD^2 estimate with the cubic polynom
 k(x, y) = (x.y / d + 1)^3, averaged over `num_subsets` random subsets of `subset_size` per set,
 reported as mean and standard deviation over subsets. Unbiased: two draws of one distribution give
 a mean near 0 (it can be slightly negative).
+
+FID∞ (Chong & Forsyth 2020, "Effectively unbiased FID and Inception score and where to find
+them", arXiv 1911.07023): FID_N is very nearly linear in 1/N, so FID at `num_points` sizes N_j
+evenly spaced from N / 5 to N (random subsets of the compared set against the whole reference),
+fitted by least squares as FID_N = FID∞ + slope / N, gives the intercept FID∞ (the value at
+infinitely many samples of the compared set) and the bias at N, slope / N. The linear regime needs
+N_j well above the feature dimension D (below it the sample covariance is rank-deficient and
+FID_N bends): `fid_infinity` flags fits with N / 5 < 2 D as not valid.
 """
 
 from __future__ import annotations
@@ -44,6 +52,27 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 def fid_from_features(real_features, fake_features) -> float:
     return frechet_distance(*feature_statistics(real_features), *feature_statistics(fake_features))
+
+
+def fid_infinity(real_features, fake_features, *, num_points: int = 15, min_fraction: float = 0.2,
+                 seed: int = 0) -> dict:
+    """FID∞ by extrapolation in 1/N (see the module docstring).
+
+    Returns {"fid_inf", "slope", "bias_at_n" (slope / N), "n", "sizes", "fids", "valid"
+    (N / 5 >= 2 D: the fit is in FID's linear regime), "dim"}."""
+    g = np.asarray(fake_features, dtype=np.float64)
+    n, dim = g.shape
+    lo = max(2, int(round(min_fraction * n)))
+    sizes = np.unique(np.linspace(lo, n, int(num_points)).round().astype(int))
+    if len(sizes) < 3:
+        raise UserError(f"FID∞ needs at least 3 distinct sample sizes, got {sizes.tolist()} from n={n}")
+    mu_r, s_r = feature_statistics(real_features)
+    rng = np.random.default_rng(seed)
+    fids = np.array([frechet_distance(mu_r, s_r, *feature_statistics(g[rng.choice(n, m, replace=False)]))
+                     for m in sizes])
+    slope, intercept = np.polyfit(1.0 / sizes, fids, 1)
+    return {"fid_inf": float(intercept), "slope": float(slope), "bias_at_n": float(slope / n), "n": int(n),
+            "sizes": sizes.tolist(), "fids": fids.tolist(), "valid": bool(lo >= 2 * dim), "dim": int(dim)}
 
 
 def _poly_kernel(x, y):

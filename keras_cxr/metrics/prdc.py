@@ -56,3 +56,35 @@ def precision_recall(real_images, fake_images, extractor, k: int = 3, batch_size
 
     return precision_recall_from_features(extract_features(real_images, extractor, batch_size),
                                           extract_features(fake_images, extractor, batch_size), k=k)
+
+
+def _radii_of_draw(d_self, idx, k):
+    """k-th nearest-neighbour radius of every drawn point among the draw, its own copies excluded
+    (other points count with their multiplicity, so the radii keep the original set's density)."""
+    d = d_self[np.ix_(idx, idx)]
+    d[idx[:, None] == idx[None, :]] = np.inf
+    return np.partition(d, k - 1, axis=1)[:, k - 1]
+
+
+def precision_recall_replicates(real_features, fake_features, real_counts, fake_counts, k: int = 3) -> dict:
+    """Precision / recall / density / coverage per bootstrap replicate: {"precision": [R], ...}.
+
+    Replicate r draws real point i real_counts[r, i] times (and fake points likewise); distances are
+    computed once. A drawn point's k-NN radius ignores its own copies (a repeated point would
+    otherwise have radius 0)."""
+    r = np.asarray(real_features, dtype=np.float64)
+    g = np.asarray(fake_features, dtype=np.float64)
+    d_rr, d_gg, d_rg = pairwise_distances(r, r), pairwise_distances(g, g), pairwise_distances(r, g)
+    rc, gc = np.asarray(real_counts), np.asarray(fake_counts)
+    out = {key: np.empty(len(rc)) for key in ("precision", "recall", "density", "coverage")}
+    for t in range(len(rc)):
+        ir = np.repeat(np.arange(len(r)), rc[t])
+        ig = np.repeat(np.arange(len(g)), gc[t])
+        r_rad, g_rad = _radii_of_draw(d_rr, ir, k), _radii_of_draw(d_gg, ig, k)
+        d = d_rg[np.ix_(ir, ig)]
+        inside_real = d <= r_rad[:, None]
+        out["precision"][t] = np.mean(inside_real.any(axis=0))
+        out["recall"][t] = np.mean((d <= g_rad[None, :]).any(axis=1))
+        out["density"][t] = inside_real.sum(axis=0).mean() / k
+        out["coverage"][t] = np.mean(d.min(axis=1) <= r_rad)
+    return out

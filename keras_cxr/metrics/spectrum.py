@@ -34,9 +34,10 @@ def _radial_index(h: int, w: int) -> np.ndarray:
     return np.rint(np.sqrt(fy**2 + fx**2) * min(h, w)).astype(np.int64)
 
 
-def radial_power_spectrum(images, *, batch_size: int = 256, value_range=None) -> np.ndarray:
-    """Mean radially averaged power spectrum of a set: float64 [H/2 + 1] (index = cycles/image)."""
-    total, count, idx, counts = None, 0, None, None
+def radial_power_spectrum(images, *, batch_size: int = 256, value_range=None, per_image: bool = False) -> np.ndarray:
+    """Mean radially averaged power spectrum of a set: float64 [H/2 + 1] (index = cycles/image);
+    `per_image=True`: every image's own spectrum, [N, H/2 + 1] (their mean is the set's)."""
+    total, count, idx, counts, rows = None, 0, None, None, []
     for batch in iter_batches(images, batch_size, value_range):
         x = batch[..., 0].astype(np.float64)
         n, h, w = x.shape
@@ -48,12 +49,28 @@ def radial_power_spectrum(images, *, batch_size: int = 256, value_range=None) ->
             window = _hann2d(h, w)
         x = (x - x.mean(axis=(1, 2), keepdims=True)) * window
         power = np.abs(np.fft.fft2(x)) ** 2 / (h * w)
+        if per_image:
+            ring = idx.ravel()
+            onehot = (ring[:, None] == np.arange(len(total))[None, :]).astype(np.float64)  # [H W, bins]
+            rows.append(power.reshape(n, -1) @ onehot / counts)
         summed = power.sum(axis=0).ravel()
         total += np.bincount(idx.ravel(), weights=summed, minlength=len(total))[: len(total)]
         count += n
     if not count:
         raise UserError("empty image set")
+    if per_image:
+        return np.concatenate(rows, axis=0)
     return total / counts / count
+
+
+def spectrum_distance_replicates(ref_spectra, other_spectra, ref_counts, other_counts, *, eps: float = 1e-12):
+    """Spectrum distance per bootstrap replicate: per-image spectra [Na, B] / [Nb, B] (from
+    `radial_power_spectrum(..., per_image=True)`), replicate counts [R, Na] / [R, Nb] -> [R]."""
+    a = np.asarray(ref_counts, np.float64) @ np.asarray(ref_spectra) / np.asarray(ref_counts).sum(1, keepdims=True)
+    b = np.asarray(other_counts, np.float64) @ np.asarray(other_spectra) / np.asarray(other_counts).sum(1, keepdims=True)
+    nyquist = a.shape[1] - 1
+    sel = slice(nyquist // 2 + 1, nyquist + 1)
+    return np.mean(np.abs(np.log10(b[:, sel] + eps) - np.log10(a[:, sel] + eps)), axis=1)
 
 
 def _log_ratio(ref_spectrum, other_spectrum, eps):

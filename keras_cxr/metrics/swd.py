@@ -125,3 +125,63 @@ def swd(real_images, fake_images, *, patches_per_image: int = 128, seed: int = 0
     if len(da) != len(db):
         raise UserError("SWD: the two image sets have different sizes (pyramid depths differ)")
     return swd_from_descriptors(da, db, seed=seed, **kwargs)
+
+
+def _directions(dim, seed, num_repeats, num_directions):
+    """The unit projection directions `sliced_wasserstein` draws for equal-size sets, [dim, R * K]."""
+    rng = np.random.default_rng(seed)
+    dirs = []
+    for _ in range(num_repeats):
+        d = rng.standard_normal((dim, num_directions)).astype(np.float32)
+        dirs.append(d / np.sqrt(np.sum(d**2, axis=0, keepdims=True)))
+    return np.concatenate(dirs, axis=1)
+
+
+def swd_replicates(ref_levels, others: dict, ref_counts, other_counts, *, seed: int = 0, num_repeats: int = 4,
+                   num_directions: int = 128, patches_per_image: int | None = None) -> dict:
+    """SWD x 1e3 per bootstrap replicate of the IMAGES, for several sets against one reference.
+
+    `ref_levels` / each of `others`: `pyramid_descriptors` of equally many images (patches of image
+    i are rows i P .. i P + P - 1); counts [R, N]: how often replicate r drew each image (one
+    `ref_counts` shared by every set, so the reference's sorted projections are computed once per
+    replicate). The projection directions are those of `swd_from_descriptors` on equal-size sets
+    (`num_repeats` < 4: its first repeats only); the normalisation uses the drawn reference images.
+    `patches_per_image`: use only the first this many patches of every image (positions are
+    random) to bound the cost at large N. All counts [R, N] -> identical to `swd_from_descriptors`.
+    Returns {name: [R]}."""
+    rc, oc = np.asarray(ref_counts), np.asarray(other_counts)
+    n = rc.shape[1]
+    if oc.shape != rc.shape:
+        raise UserError(f"SWD replicates need equally many images and replicates per set, got {rc.shape} and {oc.shape}")
+    out = {name: np.zeros(len(rc)) for name in others}
+    for li, a in enumerate(ref_levels):
+        p_full = len(a) // n
+        dim = a.shape[1]
+        keep = p_full if not patches_per_image else max(1, min(p_full, int(patches_per_image)))
+        a3 = a.reshape(n, p_full, dim)
+        s1 = a3.sum(axis=(1, 2), dtype=np.float64)
+        s2 = np.square(a3, dtype=np.float64).sum(axis=(1, 2))
+        total = float(p_full * dim)
+
+        def layout(x3):  # [n, D, keep]: one draw's projections are then one contiguous matmul
+            return np.ascontiguousarray(x3[:, :keep].transpose(0, 2, 1))
+
+        a3 = layout(a3)
+        sets = {name: layout(lv[li].reshape(n, p_full, dim)) for name, lv in others.items()}
+        dirs_t = np.ascontiguousarray(_directions(dim, seed + li, num_repeats, num_directions).T)  # [K, D]
+
+        def sorted_projections(x3, idx):
+            x = np.ascontiguousarray(x3[idx].transpose(1, 0, 2)).reshape(dim, -1)
+            y = dirs_t @ x
+            y.sort(axis=1)
+            return y
+
+        for t in range(len(rc)):
+            w = rc[t]
+            mean = float(w @ s1) / (total * w.sum())
+            std = np.sqrt(max(float(w @ s2) / (total * w.sum()) - mean**2, 0.0)) + 1e-8
+            pa = sorted_projections(a3, np.repeat(np.arange(n), w))
+            ib = np.repeat(np.arange(n), oc[t])
+            for name, b3 in sets.items():
+                out[name][t] += 1e3 * float(np.mean(np.abs(pa - sorted_projections(b3, ib)))) / std
+    return {name: v / len(ref_levels) for name, v in out.items()}
