@@ -216,6 +216,19 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
         with pytest.raises(UserError, match="sampling-steps"):
             export_run(ldm_dir, tmp_path / "bad", sampling_steps=bad)
 
+    # --sampler dpm++2m: DPM-Solver++(2M) inside the same one-graph SavedModel, chosen at export
+    out3 = export_run(ldm_dir, tmp_path / "export3", sampling_steps=3, sampler="dpm++2m")
+    assert json.loads((out3 / "config.json").read_text())["model_kwargs"]["sampler"] == "dpm++2m"
+    reloaded = keras.saving.load_model(out3 / "model.keras")
+    assert reloaded.sampler == "dpm++2m"
+    loaded3 = tf.saved_model.load(str(out3 / "saved_model"))
+    dpm = loaded3.sample(tf.constant(z)).numpy()
+    assert np.abs(dpm.astype(int) - to_uint8(_np(reloaded.generate(z, steps=3)), "sigmoid")).max() <= 1
+    ddim3 = to_uint8(_np(model.generate(z, steps=3)), "sigmoid")
+    assert np.abs(dpm.astype(int) - ddim3).max() > 0, "the solver is not DDIM under another name"
+    with pytest.raises(UserError, match="--sampler must be one of"):
+        export_run(ldm_dir, tmp_path / "bad", sampler="euler")
+
 
 def test_prepare_demo_reuses_a_finished_autoencoder_run(tmp_path):
     """`keras-cxr demo --model ldm` (make demo MODEL=ldm) trains stage 1 unless a finished run exists."""

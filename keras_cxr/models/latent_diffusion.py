@@ -70,6 +70,7 @@ class LatentDiffusion(keras.Model):
         sampling_steps=25,
         guidance=2.0,
         seed=0,
+        sampler="ddim",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,6 +78,9 @@ class LatentDiffusion(keras.Model):
             raise ValueError(f"schedule must be one of {diffusion.SCHEDULES}, got {schedule!r}")
         if prediction not in diffusion.PREDICTIONS:
             raise ValueError(f"prediction must be one of {diffusion.PREDICTIONS}, got {prediction!r}")
+        if sampler not in diffusion.SAMPLERS:
+            raise ValueError(f"sampler must be one of {diffusion.SAMPLERS}. Received: sampler={sampler!r}")
+        self.sampler = sampler
         ae_config = dict(autoencoder or {"image_size": image_size, "channels": channels})
         if "class_name" in ae_config and "config" in ae_config:  # a full serialized object
             ae_config = dict(ae_config["config"])
@@ -167,7 +171,7 @@ class LatentDiffusion(keras.Model):
         return uncond + ops.cast(guidance, z_t.dtype) * (cond - uncond)
 
     def sample_latents(self, noise, labels=None, guidance=None, steps=None, eta=0.0, seed=None):
-        """DDIM from z_T = noise to scaled z_0 (one tf.while_loop)."""
+        """`self.sampler` (DDIM, or DPM-Solver++(2M)) from z_T = noise to scaled z_0 (one tf.while_loop)."""
         guidance = self.guidance if guidance is None else guidance
         steps = self.sampling_steps if steps is None else steps
         noise = tf.convert_to_tensor(noise, tf.float32)
@@ -177,7 +181,8 @@ class LatentDiffusion(keras.Model):
         def denoise(z_t, t):
             return self.predict_noise(z_t, t, labels, guidance)
 
-        return diffusion.ddim_sample(denoise, noise, self.alpha_bar, steps, self.prediction, eta=eta, seed=seed)
+        return diffusion.sample(denoise, noise, self.alpha_bar, steps, self.prediction, self.sampler, eta=eta,
+                                seed=seed)
 
     def _generate_graph(self, noise, labels, guidance, steps):
         z0 = self.sample_latents(noise, labels, guidance, steps)
@@ -295,6 +300,7 @@ class LatentDiffusion(keras.Model):
             "sampling_steps": self.sampling_steps,
             "guidance": self.guidance,
             "seed": self.seed,
+            "sampler": self.sampler,
         }
 
 
