@@ -60,4 +60,4 @@ clean:
 
 # Train every model's CPU default on the NIH sample and compare them (the README's table; ~1 h on 2 cores)
 compare: $(STAMP)
-	$(PY) benchmarks/compare_models.py
+	OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/compare_models.py

@@ -28,6 +28,7 @@ from pathlib import Path
 MODELS = [
     ("lsgan", "lsgan", "default", []),
     ("lsgan-conditional", "lsgan", "conditional", []),
+    ("lsgan-ada", "lsgan", "ada", []),  # DiffAugment + ADA (keras_cxr/diffaugment.py)
     ("vae", "vae", "default", []),
     ("gmvae", "gmvae", "default", []),
     ("fs-gmvae", "fs-gmvae", "default", []),
