@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, module in _available_verbs().items():
-        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        # `help` is %-formatted by argparse, `description` is not: a HELP may say '95 % intervals'
+        p = sub.add_parser(verb, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

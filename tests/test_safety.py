@@ -669,3 +669,4 @@ def test_every_entry_point_help(argv):
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-800:]
     assert proc.returncode == (2 if not argv else 0), proc.stderr[-800:]
     assert "usage: keras-cxr" in proc.stdout
+    assert "%%" not in proc.stdout  # a help text escaped for argparse's %-formatting where it is not applied

@@ -7,7 +7,7 @@ from keras_cxr.utility import REGIMES  # numpy only at import time
 
 HELP = ("Train the finding classifier on real, synthetic (TSTR), real + synthetic top-up of rare findings, "
         "and real + oversampled data; report per-finding and mean AUROC on the real test split with "
-        "bootstrap 95 %% intervals (metrics.json, report.md, one plot per regime).")
+        "bootstrap 95 % intervals (metrics.json, report.md, one plot per regime).")
 
 
 def add_arguments(p) -> None:
