@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,7 +73,7 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, overwrite: bool) -> Non
     """Fresh run, resume of an interrupted run with the same config, or a clear error."""
     from keras_cxr.fileio import LOCK, _remove
 
-    cfg_path, run_json = run_dir / "config.json", run_dir / "run.json"
+    cfg_path = run_dir / "config.json"
     old = json.loads(TrainConfig.load(cfg_path).to_json()) if cfg_path.is_file() else None
     if old is not None and old.get("model") != config.model:
         raise UserError(f"--run-dir {run_dir} holds a {old.get('model')} run, not a {config.model} one; "
@@ -84,10 +83,8 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, overwrite: bool) -> Non
             if entry.name != LOCK:
                 _remove(entry)
         return
-    if old is None:
+    if old is None:  # (a finished run without --overwrite was refused in `train`, before any work)
         return
-    if run_json.is_file() and read_json_file(run_json, "run.json").get("completed"):
-        raise UserError(f"{run_dir} already holds a finished run; choose another --run-dir or pass --overwrite")
     # values a model measures during training and records in model_kwargs (the LDM's latent_scale):
     # an interrupted run resumes with the measured value instead of calling it a config change
     from keras_cxr.models import get_model_module

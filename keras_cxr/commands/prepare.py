@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from keras_cxr.commands._common import COUNT, whole
 
-import shutil
 from pathlib import Path
 
 HELP = "write images into sharded TFRecords (resized PNG bytes) plus manifest.json"
@@ -43,7 +42,7 @@ def prepare(args) -> Path:
         raise UserError(f"--size must be at least 8, got {args.size}")
     if args.images_per_shard < 1:
         raise UserError(f"--images-per-shard must be at least 1, got {args.images_per_shard}")
-    from keras_cxr.fileio import check_output, clean_stale, publish_folder, work_folder
+    from keras_cxr.fileio import check_output, clean_stale, publishing
 
     check_output(out, "shards", overwrite=args.overwrite, inputs=[args.data, args.metadata])
     clean_stale(out)
@@ -58,13 +57,8 @@ def prepare(args) -> Path:
         raise UserError(f"--data {first.attrs.get('folder')} is already prepared shards")
     check_output(out, "shards", overwrite=args.overwrite, inputs=[first.attrs.get("folder"), first.attrs.get("metadata")])
 
-    tmp = work_folder(out)
-    try:
+    with publishing(out, "shards") as tmp:  # atomic publish: OUT is complete or absent
         manifest = _write(args, recs, tmp, first)
-        publish_folder(tmp, out, "shards")  # atomic publish: OUT is complete or absent
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     counts = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
     print(f"prepare: wrote {manifest['count']} images ({counts}) to {out}")
     return out

@@ -19,7 +19,6 @@ label fidelity of conditional generators.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import keras
@@ -251,16 +250,11 @@ def train_classifier(config, out, *, run_dir=None, verbose="auto") -> dict:
 def export_classifier(model, out, info: dict) -> Path:
     """Write `out/` = saved_model/ (predict, features endpoints on uint8 images), model.keras,
     config.json; via a temporary folder renamed at the end."""
-    from keras_cxr.fileio import publish_folder, work_folder
+    from keras_cxr.fileio import publishing
 
     out = Path(out)
-    tmp = work_folder(out)
-    try:
+    with publishing(out, "classifier") as tmp:
         _write_classifier_export(model, tmp, info)
-        publish_folder(tmp, out, "classifier")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
