@@ -36,7 +36,7 @@ Selu Shape ShapeN Sigmoid Sign Sin Size Slice Softmax Softplus Softsign SpaceToD
 Square SquaredDifference Squeeze StatefulPartitionedCall StatelessIf StatelessRandomNormalV2
 StatelessRandomUniformV2 StatelessWhile StopGradient StridedSlice Sub Sum Tanh TensorListFromTensor
 TensorListGetItem TensorListLength TensorListReserve TensorListSetItem TensorListStack Tile Transpose
-TruncateDiv Unpack DisableCopyOnRead VarHandleOp VarIsInitializedOp While Xlogy ZerosLike
+TruncateDiv Unique Unpack DisableCopyOnRead VarHandleOp VarIsInitializedOp While Xlogy ZerosLike
 """.split())
 
 # what TensorFlow's own saver graph (top level of the MetaGraph, outside every function) uses

@@ -221,6 +221,10 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
     assert json.loads((out3 / "config.json").read_text())["model_kwargs"]["sampler"] == "dpm++2m"
     reloaded = keras.saving.load_model(out3 / "model.keras")
     assert reloaded.sampler == "dpm++2m"
+    from keras_cxr.trust import check_saved_model
+
+    for export in (out, out2, out3):  # every sampler's graph is made of allowlisted ops only
+        check_saved_model(export / "saved_model")
     loaded3 = tf.saved_model.load(str(out3 / "saved_model"))
     dpm = loaded3.sample(tf.constant(z)).numpy()
     assert np.abs(dpm.astype(int) - to_uint8(_np(reloaded.generate(z, steps=3)), "sigmoid")).max() <= 1
