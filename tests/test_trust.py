@@ -6,13 +6,13 @@ LoadedClassifier check before they call). Here: the VAE family and the autoencod
 untrained tiny runs, and the saver rule.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _corpus as C  # noqa: E402
 
 IO_OPS = ["ReadFile", "WriteFile", "MatchingFiles", "PrintV2", "PyFunc", "EagerPyFunc", "DeleteFile",
           "TextLineDataset", "TFRecordDataset", "FixedLengthRecordDataset", "ImmutableConst", "ShellCommand",
@@ -26,19 +26,6 @@ def test_no_io_op_is_allowed():
     assert "SaveV2" not in ALLOWED_OPS and "RestoreV2" not in ALLOWED_OPS  # only in the saver functions
 
 
-def _untrained_run(root, model, overrides):
-    from keras_cxr.models import get_model_module
-    from keras_cxr.training import resolve_config
-
-    run = Path(root) / model
-    config = resolve_config(model, "default", overrides, run_dir=str(run), image_size=32, epochs=1)
-    config.save(run / "config.json")
-    get_model_module(model).build_model(config).save(run / "model.keras")
-    (run / "run.json").write_text(json.dumps({"completed": True, "findings": [], "epochs_completed": 0,
-                                              "final_metrics": {}}))
-    return run
-
-
 @pytest.mark.parametrize("model,overrides", [
     ("vae", ["model.latent_dim=8"]),
     ("gmvae", ["model.latent_dim=8", "model.num_components=3"]),
@@ -49,7 +36,7 @@ def test_every_export_kind_passes_the_check(model, overrides, tmp_path):
     from keras_cxr.export import export_run
     from keras_cxr.trust import ALLOWED_OPS, SAVER_OPS, check_saved_model, saved_model_ops
 
-    out = export_run(_untrained_run(tmp_path, model, overrides), tmp_path / "export")
+    out = export_run(C.untrained_run(tmp_path, model, model, overrides), tmp_path / "export")
     check_saved_model(out / "saved_model")  # raises on any op outside the allowlist
     ops = saved_model_ops(out / "saved_model")
     assert "SaveV2" in ops and set(ops) <= ALLOWED_OPS | SAVER_OPS
