@@ -32,6 +32,7 @@ from pathlib import Path
 import keras
 
 from keras_cxr.errors import UserError
+from keras_cxr.images import IMAGENET_MEAN, IMAGENET_STD
 
 BACKBONES = ("vgg16", "densenet121")
 FEATURE_LAYERS = {
@@ -40,8 +41,6 @@ FEATURE_LAYERS = {
 }
 _PREPROCESS = {"vgg16": "caffe", "densenet121": "torch"}
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="keras_cxr")
@@ -67,8 +66,9 @@ class BackbonePreprocess(keras.layers.Layer):
         if self.mode == "caffe":
             x255 = x01 * 255.0
             return keras.ops.flip(x255, axis=-1) - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, x.dtype)
-        mean = keras.ops.convert_to_tensor(_TORCH_MEAN, x.dtype)
-        std = keras.ops.convert_to_tensor(_TORCH_STD, x.dtype)
+        # "torch" mode is the image contract's "imagenet" range (keras_cxr.images)
+        mean = keras.ops.convert_to_tensor(IMAGENET_MEAN, x.dtype)
+        std = keras.ops.convert_to_tensor(IMAGENET_STD, x.dtype)
         return (x01 - mean) / std
 
     def compute_output_shape(self, input_shape):

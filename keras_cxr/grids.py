@@ -1,8 +1,9 @@
 """Image grids: model outputs -> uint8, tiles, labelled rows, PNG files.
 
 numpy + Pillow only (no TensorFlow at import): `keras_cxr.sampling` uses these in a fresh process
-that holds nothing but the SavedModel. `to_uint8_tensor` is the TensorFlow twin used inside exported
-SavedModel signatures.
+that holds nothing but the SavedModel. The float <-> uint8 conversions are those of the image
+contract (`keras_cxr.images`); `to_uint8`, `to_uint8_tensor` and `from_uint8_tensor` are its
+`to_uint8`, `to_uint8_tf` and `from_uint8_tf` under the names older callers import.
 """
 
 from __future__ import annotations
@@ -11,38 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_RANGES = ("tanh", "sigmoid")
-
-
-def _to_255(x, data_range: str):
-    """Scale `data_range` values to [0, 255] (numpy arrays or TensorFlow tensors)."""
-    if data_range == "tanh":
-        return (x + 1.0) * 127.5
-    if data_range == "sigmoid":
-        return x * 255.0
-    raise ValueError(f"unknown data_range {data_range!r}; use one of {DATA_RANGES}")
-
-
-def to_uint8(images, data_range: str = "tanh") -> np.ndarray:
-    """float images in `data_range` ("tanh" = [-1, 1], "sigmoid" = [0, 1]) -> uint8 (clipped, rounded)."""
-    x = _to_255(np.asarray(images, dtype=np.float32), data_range)
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
-
-
-def to_uint8_tensor(images, data_range: str = "tanh"):
-    """TensorFlow version of `to_uint8` (for SavedModel signatures)."""
-    import tensorflow as tf
-
-    x = _to_255(tf.cast(images, tf.float32), data_range)
-    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-
-
-def from_uint8_tensor(images, data_range: str = "tanh"):
-    """uint8 images -> float32 in `data_range` (inverse of `to_uint8_tensor`)."""
-    import tensorflow as tf
-
-    x = tf.cast(images, tf.float32) / 255.0
-    return x * 2.0 - 1.0 if data_range == "tanh" else x
+from keras_cxr.images import from_uint8_tf as from_uint8_tensor  # noqa: F401  (keras_cxr.export imports it)
+from keras_cxr.images import to_uint8  # noqa: F401  (re-exported for callers of grids.to_uint8)
+from keras_cxr.images import to_uint8_tf as to_uint8_tensor  # noqa: F401  (keras_cxr.export imports it)
 
 
 def tile(images, cols: int | None = None, pad: int = 2, pad_value: int = 0) -> np.ndarray:

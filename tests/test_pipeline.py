@@ -61,7 +61,7 @@ def test_16bit_and_non_square():
     d16, d8 = decode_png(png16).numpy(), decode_png(png8).numpy()
     np.testing.assert_allclose(d16, ramp / 65535.0, atol=1e-6)  # 16-bit precision kept
     assert np.abs(d16 - d8).max() < 1 / 255.0
-    # the training path reads 16-bit files at 8-bit precision
+    # the training path keeps 16-bit precision too: a 16-bit file and its 8-bit copy agree to 8 bits
     np.testing.assert_allclose(preprocess_png(png16, 32, 1, "sigmoid"), preprocess_png(png8, 32, 1, "sigmoid"), atol=2 / 255)
     out = resize_and_crop(d16, 32).numpy()  # shorter side 40 -> 37, centre crop 32
     assert out.shape == (32, 32, 1)

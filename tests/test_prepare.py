@@ -122,3 +122,46 @@ def test_prepare_killed_leaves_no_output_and_rerun_completes(sample_dir, tmp_pat
                  "--quiet"]) == 0
     assert not partial.exists()  # the killed run's temp folder was cleaned
     assert len(load_records(out, split="train")) == 40
+
+
+def test_16bit_png_same_training_tensor_with_and_without_prepare(tmp_path):
+    """One PNG decoder for both paths: 8/16-bit gray, gray+alpha, RGB and RGBA files (no shrinking
+    needed) give the same training tensors from the folder as from `prepare` + shards, and a 16-bit
+    file keeps its precision on both."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    ramp = (np.arange(40 * 60, dtype=np.uint32).reshape(40, 60, 1) * 27).astype(np.uint16)
+    rgb16 = rng.integers(0, 65536, (48, 36, 3)).astype(np.uint16)
+    alpha16 = rng.integers(0, 65536, (48, 36, 1)).astype(np.uint16)
+    files = {
+        "00000001_000.png": ramp,  # 16-bit gray, not square
+        "00000002_000.png": np.concatenate([rgb16, alpha16], -1),  # 16-bit RGBA
+        "00000003_000.png": rgb16,  # 16-bit RGB
+        "00000004_000.png": np.concatenate([ramp, ramp[::-1]], -1),  # 16-bit gray + alpha
+        "00000005_000.png": (rgb16 >> 8).astype(np.uint8),  # 8-bit RGB
+        "00000006_000.png": (ramp >> 8).astype(np.uint8),  # 8-bit gray
+    }
+    for name, arr in files.items():
+        (folder / name).write_bytes(tf.io.encode_png(tf.constant(arr)).numpy())
+    out = tmp_path / "shards"
+    assert main(["prepare", "--data", str(folder), "--out", str(out), "--split", "all", "--quiet"]) == 0
+    raw, sh = load_records(folder, split="all"), load_records(out, split="all")
+    assert list(raw["image_index"]) == list(sh["image_index"]) == sorted(files)
+    for size, norm in ((32, "sigmoid"), (64, "tanh")):  # 64 px: enlarging (bilinear) as well
+        kw = dict(image_size=size, batch_size=8, shuffle=False, normalization=norm)
+        xr, xs = _images(make_dataset(raw, **kw)), _images(make_dataset(sh, **kw))
+        assert xr.shape == (6, size, size, 1)
+        np.testing.assert_array_equal(xr, xs)
+    # the shards store each image at its source's bit depth, decoding to the source's values exactly
+    from keras_cxr.images import decode_png, is_16bit_png
+
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "image_index": tf.io.FixedLenFeature([], tf.string)}
+    for rec in tf.data.TFRecordDataset(sorted(set(sh["shard"]))):
+        ex = tf.io.parse_single_example(rec, spec)
+        name = ex["image_index"].numpy().decode()
+        source = (folder / name).read_bytes()
+        assert bool(is_16bit_png(ex["image"])) == (files[name].dtype == np.uint16), name
+        np.testing.assert_array_equal(decode_png(ex["image"]).numpy(), decode_png(source).numpy())

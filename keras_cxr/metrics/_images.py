@@ -2,14 +2,17 @@
 
 Every metric takes image sets as a numpy array ([N, H, W], [N, H, W, C]) or an iterable of such
 batches (a list, a generator, a `tf.data.Dataset` of images or of `(images, labels)`). uint8 input
-is read as 0..255; float input as [0, 1] unless `value_range` says otherwise (e.g. (-1, 1)).
-Metrics work on gray images: 3-channel input is averaged to one channel.
+is read as 0..255; float input as [0, 1] unless `value_range` says otherwise: a `data_range` name
+of the image contract (`keras_cxr.images`: "tanh" = [-1, 1], "sigmoid" = [0, 1], "imagenet"), or
+an explicit (lo, hi) pair (e.g. (-1, 1)). Metrics work on gray images: 3-channel input is averaged
+to one channel.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from keras_cxr import images as _contract
 from keras_cxr.errors import UserError
 
 
@@ -27,7 +30,12 @@ def _to_float01(batch, value_range=None) -> np.ndarray:
         x = x.astype(np.float32) / 255.0
     else:
         x = x.astype(np.float32)
-        if value_range is not None:
+        if isinstance(value_range, str):
+            try:
+                x = _contract.to_unit(x, value_range)
+            except ValueError as exc:
+                raise UserError(str(exc).replace("data_range", "value_range")) from None
+        elif value_range is not None:
             lo, hi = value_range
             x = (x - lo) / float(hi - lo)
     if x.shape[-1] == 3:
@@ -59,8 +67,8 @@ def as_array(images, value_range=None) -> np.ndarray:
 
 
 def to_uint8(images01) -> np.ndarray:
-    """Float [0, 1] -> uint8 0..255 (rounded)."""
-    return np.clip(np.rint(np.asarray(images01) * 255.0), 0, 255).astype(np.uint8)
+    """Float [0, 1] -> uint8 0..255 (rounded): `keras_cxr.images.to_uint8(images01, "sigmoid")`."""
+    return _contract.to_uint8(images01, "sigmoid")
 
 
 def gray_uint8(images, what: str = "images") -> np.ndarray:
