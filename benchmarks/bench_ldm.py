@@ -107,9 +107,9 @@ def stage_eval(runs: Path, bench: dict, figs: Path, split: str, n_speed: int):
     from custom_datasets.sources import label_matrix
     from keras_cxr import grids
     from keras_cxr.metrics.spectrum import radial_power_spectrum, spectrum_bias_from_spectra, spectrum_distance_from_spectra
-    from keras_cxr.models import get_model_module
+    from keras_cxr.recipes import get_recipe
 
-    get_model_module("ldm")
+    get_recipe("ldm").model_cls()  # registers the classes
     ae = keras.saving.load_model(runs / "ae" / "model.keras")
     ldm = keras.saving.load_model(runs / "ldm" / "model.keras")
     records = load_records(None, split=split, seed=0)

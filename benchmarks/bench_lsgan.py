@@ -55,8 +55,7 @@ def bench_train(preset: str, image_size: int, batch: int, steps: int, jit: bool 
     import tensorflow as tf
 
     from keras_cxr.config import TrainConfig, with_preset
-    from keras_cxr.models import get_preset
-    from keras_cxr.models.lsgan import build_model
+    from keras_cxr.recipes import build_model, get_preset
 
     config = with_preset(TrainConfig(model="lsgan"), get_preset("lsgan", preset))
     config.image_size, config.batch_size, config.jit_compile = image_size, batch, jit

@@ -8,7 +8,7 @@ benchmarks/results/vae.md).
 What is timed (wall clock, after one warm-up epoch that traces the train function):
 - cache: one training epoch of a 224 px GMVAE preset (default gmvae-v4: frozen VGG16 + transition +
   decoder 1) on N sample images, (a) recomputing the backbone every step from in-memory decoded
-  images, (b) on cached backbone features (keras_cxr.feature_cache). The one-time cost of building
+  images, (b) on cached backbone features (keras_cxr.encoder_cache). The one-time cost of building
   the cache is reported separately. Backbone weights are random (weights=None: ImageNet weights
   cannot be downloaded here); the speed is the same as with ImageNet weights.
 - train: images/s of `model.fit` for vae / gmvae / fs-gmvae "default" presets at 64 and 128 px,
@@ -77,23 +77,22 @@ def bench_cache(records, model_name, preset, n_images, batch_size):
 
     from custom_datasets import make_dataset
     from keras_cxr.config import TrainConfig, with_preset
-    from keras_cxr.feature_cache import make_train_dataset
-    from keras_cxr.models import get_model_module
+    from keras_cxr.recipes import build_model, get_preset, get_recipe
+    from keras_cxr.training import encoder_dataset
 
-    module = get_model_module(model_name)
     records = records.iloc[:n_images]
-    cfg = with_preset(TrainConfig(model=model_name), module.PRESETS[preset])
+    cfg = with_preset(TrainConfig(model=model_name), get_preset(model_name, preset))
     cfg.model_kwargs["weights"] = None
     cfg.batch_size = batch_size
     keras.utils.set_random_seed(0)
-    model = module.build_model(cfg)
+    model = build_model(cfg)
     ds = make_dataset(records, image_size=cfg.image_size, channels=cfg.channels, normalization=model.data_range,
                       batch_size=batch_size, shuffle=True, cache=True, drop_remainder=True)
     recompute = _timed_fit(model, ds)
     with tempfile.TemporaryDirectory() as tmp:
         cfg.run_dir = tmp
         t = time.perf_counter()
-        cached_ds = make_train_dataset(cfg, records, model, drop_remainder=True, verbose=0)
+        cached_ds = encoder_dataset(cfg, get_recipe(model_name), model, records)
         build = time.perf_counter() - t
         cached = _timed_fit(model, cached_ds)
     n = (len(records) // batch_size) * batch_size
@@ -109,14 +108,13 @@ def bench_train(records, model_name, image_size, n_images, batch_size):
 
     from custom_datasets import make_dataset
     from keras_cxr.config import TrainConfig, with_preset
-    from keras_cxr.models import get_model_module
+    from keras_cxr.recipes import build_model, get_preset
 
-    module = get_model_module(model_name)
     records = records.iloc[:n_images]
-    cfg = with_preset(TrainConfig(model=model_name), module.PRESETS["default"])
+    cfg = with_preset(TrainConfig(model=model_name), get_preset(model_name, "default"))
     cfg.image_size = image_size
     keras.utils.set_random_seed(0)
-    model = module.build_model(cfg)
+    model = build_model(cfg)
     ds = make_dataset(records, image_size=image_size, channels=cfg.channels, normalization=model.data_range,
                       batch_size=batch_size, shuffle=True, cache=True, drop_remainder=True)
     seconds = _timed_fit(model, ds, epochs=3)

@@ -68,21 +68,18 @@ def set_threads(threads: int, tf_inter: int, omp_wait_policy: str | None = None)
 def build_keras(name: str, size: int, batch: int):
     """The model's "default" preset at `size` px, built and compiled the way training does."""
     from keras_cxr.config import TrainConfig
-    from keras_cxr.models import get_model_module, get_preset
+    from keras_cxr.recipes import get_preset, get_recipe
 
     preset = dict(get_preset(name, "default"))
-    module = get_model_module(name)
-    if name == "ldm":  # its build_model loads a trained autoencoder; a fresh one has the same shapes
-        from keras_cxr.models.autoencoder_kl import make_optimizer
-
-        model = module.LatentDiffusion(image_size=size, channels=preset.get("channels", 1),
-                                       **preset.get("model_kwargs", {}))
+    recipe = get_recipe(name)
+    if name == "ldm":  # its recipe loads a trained autoencoder; a fresh one has the same shapes
+        model = recipe.model_cls()(image_size=size, channels=preset.get("channels", 1), **preset.get("model_kwargs", {}))
         model.set_latent_scale(1.0)
-        model.compile(optimizer=make_optimizer(preset.get("compile_kwargs", {})))
+        model.compile(**recipe.optimizer(preset.get("compile_kwargs", {})))
         return model
     config = TrainConfig.from_dict({**preset, "model": name, "preset": "default", "image_size": size,
                                     "batch_size": batch})
-    return module.build_model(config)
+    return recipe.build(config)
 
 
 def batch_arrays(name: str, model, batch: int, seed: int = 0):

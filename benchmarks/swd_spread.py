@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     if args.ldm is not None:
         import keras
 
-        from keras_cxr.models import get_model_module
+        from keras_cxr.recipes import get_recipe
 
-        get_model_module("ldm")
+        get_recipe("ldm").model_cls()  # registers the classes
         ldm = keras.saving.load_model(args.ldm)
     sizes = {int(g.config["image_size"]) for g in gens} | ({int(ldm.image_size)} if ldm is not None else set())
     if len(sizes) != 1:

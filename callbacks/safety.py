@@ -3,7 +3,6 @@ back up atomically for mid-training resume."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -82,14 +81,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def _save_model(self):
+        from keras_cxr.fileio import atomic_path, write_json
+
         os.makedirs(self.backup_dir, exist_ok=True)
-        tmp = self._weights_path[: -len(".weights.h5")] + ".tmp.weights.h5"
-        self.model.save_weights(filepath=tmp, overwrite=True)
-        os.replace(tmp, self._weights_path)
-        meta_tmp = self._training_metadata_path + ".tmp"
-        with open(meta_tmp, "w") as f:
-            f.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
-        os.replace(meta_tmp, self._training_metadata_path)
+        with atomic_path(self._weights_path) as tmp:
+            self.model.save_weights(filepath=str(tmp), overwrite=True)
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
 class HistoryLogger(keras.callbacks.CSVLogger):

@@ -17,11 +17,13 @@ import keras
 import numpy as np
 
 from keras_cxr import grids
+from keras_cxr.images import noise as _noise
 
 
 def fixed_noise(noise_shape, n: int, seed: int = 0) -> np.ndarray:
-    """Standard-normal noise [n, *noise_shape] from a seeded numpy RNG (same everywhere)."""
-    return np.random.default_rng(seed).standard_normal((n, *noise_shape)).astype("float32")
+    """Standard-normal noise [n, *noise_shape] from a seeded numpy RNG (same everywhere):
+    `keras_cxr.images.noise`, the noise `Generator.sample` draws for the same seed."""
+    return _noise((n, *noise_shape), seed)
 
 
 def label_rows(findings, cols: int):
@@ -33,8 +35,8 @@ def label_rows(findings, cols: int):
 
 def sample_grid(model, noise, findings=None, cols: int = 8) -> np.ndarray:
     """uint8 grid image from `model.generate` (labelled rows for conditional models)."""
-    data_range = getattr(model, "data_range", "tanh")
-    if getattr(model, "conditional", False):
+    data_range = model.data_range
+    if model.conditional:
         findings = list(findings or [f"class {i}" for i in range(model.num_classes)])
         labels, names = label_rows(findings, cols)
         z = np.tile(noise[:cols], (len(names),) + (1,) * (noise.ndim - 1))
@@ -74,7 +76,7 @@ class SampleGrid(keras.callbacks.Callback):
         self.last_path = None
 
     def on_train_begin(self, logs=None):
-        n = self.cols if getattr(self.model, "conditional", False) else self.rows * self.cols
+        n = self.cols if self.model.conditional else self.rows * self.cols
         self._noise = fixed_noise(tuple(self.model.noise_shape), n, self.seed)
 
     def on_epoch_end(self, epoch, logs=None):

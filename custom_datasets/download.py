@@ -302,10 +302,9 @@ def _exclusive(dest: Path):
 
 
 def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from keras_cxr.fileio import write_json
+
+    write_json(path, obj, indent=1, sort_keys=True)
 
 
 def _load_state(dest: Path) -> dict:

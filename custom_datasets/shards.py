@@ -8,15 +8,28 @@ starts clean):
                                     counts / label counts / shard files, skip report
     records.csv                     one row per example: image_index, patient_id, follow_up, age,
                                     sex, view, the 15 LABELS columns, split, shard
-    {split}-00000-of-00004.tfrecord tf.train.Example: image (PNG bytes, 8-bit gray, shorter side
-                                    `size`, aspect kept), image_index, patient_id, view,
+    {split}-00000-of-00004.tfrecord tf.train.Example: image (PNG bytes, gray, shorter side
+                                    `size`, aspect kept, 8-bit - 16-bit where the source
+                                    PNG is 16-bit), image_index, patient_id, view,
                                     labels (int64[15] over LABELS)
+
+This is keras-cxr's one TFRecord format. `keras-cxr prepare` writes it (`write_split`), and so
+does `keras_cxr.utility.ShardWriter` (generated images and repeated real images, through the same
+`encode_example` and `ShardFiles`), and all of it is read by the same spec (`example_features`,
+`parse_examples`): `shard_source` for training, the TFDS builder for a prepared folder,
+`keras_cxr.utility.synthetic_dataset` for a utility folder (`labels_from_vector` /
+`label_columns` map a label vector over any findings order onto LABELS and back).
 
 `load_records(folder)` sees `manifest.json` and calls `load_shard_records`: records are then one
 row per example with a `shard` column (no `path`), `attrs["format"] == "shards"`, and the same
 filters (views, conditions, max_images) as PNG folders. `make_dataset` streams the shards
 (interleaved, shuffled with a buffer) and keeps only the rows of the records, so filtered and
 balanced subsets of shards work too.
+
+Images are decoded and shrunk by `custom_datasets.decode` (the one PNG decoder and resize policy
+of `keras_cxr.images`), the same code that reads a PNG folder, so a source image that needs no
+shrinking gives the same training tensor whether or not `prepare` ran, 16-bit files included.
+Imports: `findings`, `records`, `decode` (never `sources` or `pipeline`).
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import json
 from pathlib import Path
 
 from custom_datasets.findings import FINDINGS, LABELS
+from custom_datasets.records import apply_filters, finish_records, take_max_images
 from keras_cxr.errors import DataError
 
 FORMAT = "keras-cxr-shards"
@@ -58,8 +72,6 @@ def read_manifest(folder) -> dict:
 def load_shard_records(folder, split="train", *, seed=0, views=None, conditions=None, max_images=None):
     """Records of one split of a prepared shard folder (see the module docstring)."""
     import pandas as pd
-
-    from custom_datasets.sources import apply_filters, finish_records, take_max_images
 
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -108,19 +120,54 @@ def load_shard_records(folder, split="train", *, seed=0, views=None, conditions=
     )
 
 
-_FEATURES = None
+FEATURE_NAMES = ("image", "image_index", "patient_id", "view", "labels")
 
 
-def _features():
-    global _FEATURES
-    if _FEATURES is None:
-        import tensorflow as tf
+def example_features(*names) -> dict:
+    """The tf.io parse spec of a shard example (all features, or only `names`): image, image_index,
+    patient_id, view (bytes) and labels (int64[15] over LABELS)."""
+    import tensorflow as tf
 
-        _FEATURES = {
-            "image": tf.io.FixedLenFeature([], tf.string),
-            "image_index": tf.io.FixedLenFeature([], tf.string),
-        }
-    return _FEATURES
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown shard feature(s) {unknown}; the format has {list(FEATURE_NAMES)}")
+    spec = {n: tf.io.FixedLenFeature([], tf.string) for n in FEATURE_NAMES[:-1]}
+    spec["labels"] = tf.io.FixedLenFeature([len(LABELS)], tf.int64)
+    return {n: spec[n] for n in (names or FEATURE_NAMES)}
+
+
+def parse_examples(serialized, *names) -> dict:
+    """Parse a batch (vector) of serialized shard examples into {feature: tensor} (`example_features`)."""
+    import tensorflow as tf
+
+    return tf.io.parse_example(serialized, example_features(*names))
+
+
+def label_columns(findings) -> list:
+    """Positions in LABELS of `findings` (a label vector's order, e.g. a run's findings)."""
+    cols = []
+    for name in findings:
+        if name not in LABELS[:-1]:
+            raise ValueError(f"{name!r} is not one of the 14 findings (label vectors hold findings only)")
+        cols.append(LABELS.index(name))
+    return cols
+
+
+def labels_from_vector(vector, findings) -> list:
+    """A 0/1 label vector over `findings` -> ints over LABELS; No Finding = 1 when no finding is set
+    (as in NIH's metadata, where No Finding means none of the 14)."""
+    import numpy as np
+
+    vec = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if len(vec) != len(findings):
+        raise ValueError(f"label vector of length {len(vec)} for {len(findings)} findings")
+    if not np.isin(vec, (0.0, 1.0)).all():
+        raise ValueError(f"shard labels are 0/1; got {sorted(set(vec.tolist()) - {0.0, 1.0})[:3]}")
+    out = [0] * len(LABELS)
+    for c, v in zip(label_columns(findings), vec):
+        out[c] = int(v)
+    out[-1] = int(not any(out[:-1]))
+    return out
 
 
 def shard_source(records, rows, *, shuffle, seed, repeat, buffer=None, cache_below=1024):
@@ -150,10 +197,8 @@ def shard_source(records, rows, *, shuffle, seed, repeat, buffer=None, cache_bel
         cycle_length=min(len(files), 4) if shuffle else 1, block_length=16, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not shuffle,
     )
-    features = _features()
-
     def parse(serialized):  # vectorised over a block of records: cheaper than one by one
-        ex = tf.io.parse_example(serialized, features)
+        ex = parse_examples(serialized, "image", "image_index")
         return ex["image"], table.lookup(ex["image_index"])
 
     ds = ds.batch(128).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
@@ -171,42 +216,82 @@ def shard_source(records, rows, *, shuffle, seed, repeat, buffer=None, cache_bel
 # ---------------------------------------------------------------- writing (keras-cxr prepare)
 
 def _encode_fn(size: int, compression: int = 6):
+    """path -> (PNG bytes, height, width) of the stored image (`custom_datasets.decode.shrink_png`)."""
     import tensorflow as tf
 
-    from custom_datasets.pipeline import decode_png
+    from custom_datasets.decode import shrink_png
 
     def encode(path):
-        img = decode_png(tf.io.read_file(path))
-        shape = tf.shape(img)
-        h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-        scale = tf.minimum(1.0, float(size) / tf.minimum(h, w))  # never enlarge
-        new_h = tf.cast(tf.round(h * scale), tf.int32)
-        new_w = tf.cast(tf.round(w * scale), tf.int32)
-        img = tf.image.resize(img, (new_h, new_w), method="area")
-        img = tf.cast(tf.round(tf.clip_by_value(img, 0.0, 1.0) * 255.0), tf.uint8)
-        return tf.io.encode_png(img, compression=compression), new_h, new_w
+        return shrink_png(tf.io.read_file(path), size, compression)
 
     return encode
 
 
-def _example(png: bytes, row) -> bytes:
+def encode_example(png: bytes, image_index, patient_id, view, labels) -> bytes:
+    """One serialized shard example: `png` (PNG bytes), image_index, patient_id, view (text) and
+    `labels` (15 ints over LABELS, see `labels_from_vector`)."""
     import tensorflow as tf
 
     def b(v):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode("utf-8")]))
 
+    labels = [int(v) for v in labels]
+    if len(labels) != len(LABELS):
+        raise ValueError(f"shard labels are {len(LABELS)} ints over LABELS, got {len(labels)}")
     feats = {
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-        "image_index": b(row.image_index),
-        "patient_id": b(row.patient_id),
-        "view": b(row.view),
-        "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(getattr(row, _attr(n))) for n in LABELS])),
+        "image_index": b(image_index),
+        "patient_id": b(patient_id),
+        "view": b(view),
+        "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
     }
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
+def _example(png: bytes, row) -> bytes:
+    return encode_example(png, row.image_index, row.patient_id, row.view,
+                          [getattr(row, _attr(n)) for n in LABELS])
+
+
 def _attr(name):
     return name.replace(" ", "_")
+
+
+def shard_names(prefix: str, n_shards: int) -> list:
+    """`{prefix}-00000-of-0000N.tfrecord`, ... (the shard file names of a split)."""
+    return [f"{prefix}-{k:05d}-of-{n_shards:05d}.tfrecord" for k in range(int(n_shards))]
+
+
+class ShardFiles:
+    """TFRecord writers for the shard files `names` in `folder`, each opened at its first example.
+    `write(k, serialized)` appends to shard k; with `sequential`, opening a shard closes the others
+    (examples arrive shard by shard). `close()` (or leaving the `with` block) closes all."""
+
+    def __init__(self, folder, names, *, sequential: bool = False):
+        self.folder, self.names, self.sequential = Path(folder), list(names), bool(sequential)
+        self._writers = {}
+        self.opened = []  # shard indices in the order they were opened
+
+    def write(self, k: int, serialized: bytes) -> None:
+        import tensorflow as tf
+
+        if k not in self._writers:
+            if self.sequential:
+                self.close()
+            self._writers[k] = tf.io.TFRecordWriter(str(self.folder / self.names[k]))
+            self.opened.append(k)
+        self._writers[k].write(serialized)
+
+    def close(self) -> None:
+        while self._writers:
+            self._writers.popitem()[1].close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 def write_split(records, out_dir, split_name, *, size=256, images_per_shard=1000, progbar=None,
@@ -229,26 +314,20 @@ def write_split(records, out_dir, split_name, *, size=256, images_per_shard=1000
     ds = ds.map(lambda p, i: (encode(p), i), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()  # a file that does not decode is skipped *by name* below, never silently
     n_shards = max(1, -(-n // int(images_per_shard)))
-    names = [f"{split_name}-{k:05d}-of-{n_shards:05d}.tfrecord" for k in range(n_shards)]
-    writers = {}
+    names = shard_names(split_name, n_shards)
     shard_of, hw = {}, {}
     seen = set()
     tuples = recs.rename(columns={n: _attr(n) for n in LABELS})
     tuples = list(tuples.itertuples(index=False))
-    try:
+    with ShardFiles(out_dir, names) as files:
         for (png, h, w), i in ds.as_numpy_iterator():
             i = int(i)
             k = min(i * n_shards // n, n_shards - 1)
-            if k not in writers:
-                writers[k] = tf.io.TFRecordWriter(str(out_dir / names[k]))
-            writers[k].write(_example(png, tuples[i]))
+            files.write(k, _example(png, tuples[i]))
             shard_of[i], hw[i] = names[k], (int(h), int(w))
             seen.add(i)
             if progbar is not None:
                 progbar.add(1)
-    finally:
-        for w in writers.values():
-            w.close()
     skipped = [(recs["image_index"].iat[i], "cannot decode PNG") for i in range(n) if i not in seen]
     if progbar is not None and skipped:
         progbar.add(len(skipped))
@@ -299,7 +378,8 @@ def write_index_and_manifest(out_dir, parts: dict, *, source: dict, size: int, h
         "version": VERSION,
         "source": source,
         "size": int(size),
-        "image": "PNG, 8-bit grayscale, shorter side resized to `size` (area averaging, never enlarged), aspect kept",
+        "image": "PNG, grayscale, 8-bit (16-bit where the source PNG is 16-bit), shorter side resized to `size` "
+                 "(area averaging, never enlarged), aspect kept",
         "png_compression": compression,
         "findings": list(findings),
         "labels": list(LABELS),

@@ -73,3 +73,54 @@ def check_batch_size(batch_size: int, strategy) -> int:
             f"--batch-size {batch_size} does not split over {replicas} replicas; use a multiple of {replicas}"
         )
     return batch_size // replicas
+
+
+# ---- the one loss-scaling rule of every custom train_step -------------------------------------
+# Under a strategy with R replicas in sync, each replica computes its loss as the MEAN over its own
+# batch / R images, and the optimizer's `apply_gradients` SUM-all-reduces the gradients over the
+# replicas. So the loss each replica differentiates must be divided by R: the sum of R per-replica
+# means / R is the mean over the global batch, the same gradient a 1-replica step on the whole batch
+# takes. (Keras' built-in `train_step` does the same through `compute_loss`; a custom train_step
+# must do it itself.) Metrics and logged losses report the UNSCALED per-replica value (Keras'
+# metric trackers then average it over the replicas). With R = 1 nothing is changed: the loss
+# tensor itself is returned, so single-device training is bit-identical with or without this rule.
+
+
+def num_replicas() -> int:
+    """Replicas in sync of the current strategy (1 outside any tf.distribute scope)."""
+    import tensorflow as tf
+
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
+def scale_loss(loss):
+    """The loss a replica differentiates: `loss / R` (R = replicas in sync); `loss` itself when R = 1.
+
+    Use it on the per-replica batch MEAN, inside the GradientTape, right before `tape.gradient`;
+    log the unscaled `loss`."""
+    replicas = num_replicas()
+    if replicas == 1:
+        return loss
+    return loss * (1.0 / replicas)
+
+
+def unscale_loss(loss):
+    """Inverse of `scale_loss` (`loss * R`; `loss` itself when R = 1), for logging a scaled value."""
+    replicas = num_replicas()
+    if replicas == 1:
+        return loss
+    return loss * float(replicas)
+
+
+def sum_over_replicas(value):
+    """`value` summed over the replicas in sync (an all-reduce); `value` itself when R = 1.
+
+    For a quantity that must be computed from GLOBAL-batch gradients inside a replica's step (e.g.
+    a norm ratio of two gradients): all-reduce the gradients of the scaled losses first, and every
+    replica sees the global-batch gradient a 1-replica step would. Call it from replica context
+    (inside train_step), from every replica alike."""
+    if num_replicas() == 1:
+        return value
+    import tensorflow as tf
+
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)

@@ -437,25 +437,28 @@ def _model_name(model) -> str:
     return str(getattr(model, "name", None) or model.config.get("name") or type(model).__name__)
 
 
-def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=1000, features="auto", classifier=None,
-            inception_weights=None, seed=0, batch_size=64, max_train=None, label_samples=16, names=None, out=None,
-            verbose=1, max_real=None, n_boot=N_BOOT, _single=False) -> dict:
-    """Evaluate several generators on the same real sets and seed; write the report when `out`.
-
-    `max_real`: use at most this many held-out images (default: all of the split); `n_boot`:
-    bootstrap replicates of the intervals (0: none)."""
-    t0 = time.time()
-    models = list(models)
+def _check_compare_args(models, n_boot) -> None:
     if not models:
         raise UserError("no models to evaluate")
     if int(n_boot) < 0 or 0 < int(n_boot) < 20:
         raise UserError(f"n_boot={n_boot}: use 0 (no intervals) or at least 20 bootstrap replicates")
-    if out is not None:  # before any long work: the report folder may be written, and replaces nothing of the user's
-        from keras_cxr.fileio import check_output
 
-        paths = [m for m in models if isinstance(m, (str, Path))]
-        out = check_output(out, "report", inputs=[*paths, *(resolve_model_path(m) for m in paths), real, metadata,
-                                                  classifier])
+
+def measure_models(models, *, real=None, metadata=None, split="val", split_seed=0, n=1000, features="auto",
+                   classifier=None, inception_weights=None, seed=0, batch_size=64, max_train=None, label_samples=16,
+                   names=None, verbose=1, max_real=None, n_boot=N_BOOT) -> dict:
+    """The measuring half of `compare` (same keyword arguments): load the generators and the real
+    reference, generate, compute every metric, the memorisation pass and the bootstrap intervals.
+
+    Returns a plain dict: "names", "image_size", "ref" (the RealReference), "classifier" (or None),
+    "samples" {name: images}, "extras" {name: conditional / config / label fidelity}, "rows"
+    {row name: metrics}, "keys" {row name: set_metrics key}, "reference_rows", "memorisation"
+    (the `memorisation_pass` result), "bootstrap" (or None), "settings" (n, seed, split, max_real,
+    label_samples) and "started" (time.time() at the start). Writes nothing; `assemble_results`
+    turns it into `compare`'s results."""
+    started = time.time()
+    models = list(models)
+    _check_compare_args(models, n_boot)
     if classifier is None and Path("saved_models/classifier/saved_model").is_dir():
         classifier = "saved_models/classifier"
     gens = [load_model(m) for m in models]
@@ -472,7 +475,7 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
                             verbose=verbose, max_real=max_real)
     clf = None
     if classifier is not None:
-        from keras_cxr.models.classifier import load_classifier
+        from keras_cxr.sampling import load_classifier
 
         clf = load_classifier(classifier)
 
@@ -514,7 +517,23 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
     boot = None
     if n_boot:
         boot = bootstrap_intervals(ref, keys, rows, mem, n_boot=n_boot, verbose=verbose)
+    return {"names": names, "image_size": image_size, "ref": ref, "classifier": clf, "samples": samples,
+            "extras": extras, "rows": rows, "keys": keys, "reference_rows": [floor_row, blur_row],
+            "memorisation": mem, "bootstrap": boot,
+            "settings": {"n": n, "seed": seed, "split": split, "max_real": max_real, "label_samples": label_samples},
+            "started": started}
 
+
+def assemble_results(measured: dict, *, out=None, verbose=1, t0=None, _single=False) -> dict:
+    """The assembling half of `compare`: the results dict (rows, counts, small-n and split warnings,
+    ties, spectra) from `measure_models`' output, the report written to `out` when given
+    (`keras_cxr.report`). `t0`: the time the elapsed seconds count from (default: the measuring's
+    start). Returns `compare`'s results, artefacts under "_artefacts"."""
+    t0 = measured["started"] if t0 is None else t0
+    ref, clf, mem = measured["ref"], measured["classifier"], measured["memorisation"]
+    names, samples, extras = measured["names"], measured["samples"], measured["extras"]
+    s = measured["settings"]
+    split = s["split"]
     from keras_cxr.metrics.fid import small_n_warning
 
     warnings = []
@@ -528,7 +547,7 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
         warnings.append("no feature extractor (--features none): FID, KID and precision/recall not computed")
     results = {
         "kind": "evaluate" if _single else "compare",
-        "models": names, "seed": seed, "elapsed_s": None,
+        "models": names, "seed": s["seed"], "elapsed_s": None,
         "extractor": None if ref.extractor is None else {"name": ref.extractor.name,
                                                           "description": ref.extractor.description},
         "second_extractor": None if ref.second_extractor is None else {
@@ -536,13 +555,13 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
             "columns": ["fid_cxr", "kid_cxr"]},
         "classifier": None if clf is None else {"path": str(clf.path), "val_auroc": clf.config.get("val_auroc"),
                                                 "val_mean_auroc": clf.config.get("val_mean_auroc")},
-        "counts": {"n_generated": int(n), "n_per_set": ref.k, "n_reference": ref.m, "n_train": mem["n_train"],
-                   "split": split, "heldout_images": ref.m + ref.k, "max_real": max_real, "image_size": image_size,
-                   "label_samples_per_finding": label_samples},
-        "bootstrap": boot,
+        "counts": {"n_generated": int(s["n"]), "n_per_set": ref.k, "n_reference": ref.m, "n_train": mem["n_train"],
+                   "split": split, "heldout_images": ref.m + ref.k, "max_real": s["max_real"],
+                   "image_size": measured["image_size"], "label_samples_per_finding": s["label_samples"]},
+        "bootstrap": measured["bootstrap"],
         "warnings": warnings,
-        "rows": rows,
-        "reference_rows": [floor_row, blur_row],
+        "rows": measured["rows"],
+        "reference_rows": list(measured["reference_rows"]),
         "memorisation": {"percentile": mem["percentile"], "thumb_size": mem["thumb_size"],
                          "threshold_correlation": None},
         "models_info": {k: {kk: vv for kk, vv in v.items() if kk != "per_finding_samples"} for k, v in extras.items()},
@@ -568,6 +587,30 @@ def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=10
             print(f"report written to {out}")
     results["_artefacts"] = artefacts
     return results
+
+
+def compare(models, *, real=None, metadata=None, split="val", split_seed=0, n=1000, features="auto", classifier=None,
+            inception_weights=None, seed=0, batch_size=64, max_train=None, label_samples=16, names=None, out=None,
+            verbose=1, max_real=None, n_boot=N_BOOT, _single=False) -> dict:
+    """Evaluate several generators on the same real sets and seed; write the report when `out`.
+
+    `max_real`: use at most this many held-out images (default: all of the split); `n_boot`:
+    bootstrap replicates of the intervals (0: none). Measures (`measure_models`), then assembles
+    the results and the report (`assemble_results`)."""
+    t0 = time.time()
+    models = list(models)
+    _check_compare_args(models, n_boot)
+    if out is not None:  # before any long work: the report folder may be written, and replaces nothing of the user's
+        from keras_cxr.fileio import check_output
+
+        paths = [m for m in models if isinstance(m, (str, Path))]
+        out = check_output(out, "report", inputs=[*paths, *(resolve_model_path(m) for m in paths), real, metadata,
+                                                  classifier])
+    measured = measure_models(models, real=real, metadata=metadata, split=split, split_seed=split_seed, n=n,
+                              features=features, classifier=classifier, inception_weights=inception_weights,
+                              seed=seed, batch_size=batch_size, max_train=max_train, label_samples=label_samples,
+                              names=names, verbose=verbose, max_real=max_real, n_boot=n_boot)
+    return assemble_results(measured, out=out, verbose=verbose, t0=t0, _single=_single)
 
 
 def evaluate(model, **kwargs) -> dict:

@@ -11,6 +11,9 @@
                          num_classes, findings, data_range, endpoints
         MODEL_CARD.md    data, split, preset, epochs, final metrics, intended use
 
+`export_classifier` writes the finding classifier's export (endpoints predict / features), read by
+`keras_cxr.sampling.load_classifier`.
+
 The folder is assembled under a temporary name beside `out` and renamed into place at the end, so
 an interrupted export never leaves a half-written model at `out`.
 """
@@ -23,27 +26,8 @@ import shutil
 from pathlib import Path
 
 from keras_cxr.errors import UserError
-from keras_cxr.fileio import check_output, clean_stale, publish_folder, work_folder  # noqa: F401 (re-exported)
-
-
-def load_trained_model(run_dir):
-    """(model, TrainConfig, run.json dict) from a finished run folder (safe-mode .keras load)."""
-    import keras
-
-    from keras_cxr.models import get_model_module
-    from keras_cxr.training import load_run
-
-    config, info = load_run(run_dir)
-    get_model_module(config.model)  # registers the model classes for deserialisation
-    path = Path(run_dir) / "model.keras"
-    try:
-        model = keras.saving.load_model(path, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - a file that does not load (Lambda layer, unknown class, ...)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"{path} cannot be loaded in safe mode: {type(exc).__name__}: {first}") from None
-    if not hasattr(model, "generate") or not hasattr(model, "noise_shape"):
-        raise UserError(f"{path} holds a {type(model).__name__}, not a keras-cxr generative model")
-    return model, config, info
+from keras_cxr.fileio import check_output, clean_stale, publish_folder, publishing, work_folder  # noqa: F401
+from keras_cxr.runs import load_trained_model  # noqa: F401 (public here since 0.1)
 
 
 def build_archive(model, data_range: str | None = None):
@@ -51,7 +35,7 @@ def build_archive(model, data_range: str | None = None):
     import keras
     import tensorflow as tf
 
-    from keras_cxr.grids import from_uint8_tensor, to_uint8_tensor
+    from keras_cxr.images import from_uint8_tf as from_uint8_tensor, to_uint8_tf as to_uint8_tensor
 
     data_range = data_range or model.data_range
     noise_shape = tuple(int(d) for d in model.noise_shape)
@@ -66,9 +50,9 @@ def build_archive(model, data_range: str | None = None):
     archive.add_endpoint("sample", sample, input_signature=[z_spec])
     endpoints.append("sample")
 
-    if getattr(model, "conditional", False):
+    if model.conditional:
         y_spec = tf.TensorSpec((None, int(model.num_classes)), tf.float32, name="labels")
-        if getattr(model, "supports_guidance", False):
+        if model.supports_guidance:
             def sample_conditional(z, labels, guidance):
                 return to_uint8_tensor(model.generate(z, labels, training=False, guidance=guidance), data_range)
 
@@ -98,18 +82,18 @@ def export_config(model, config, info, endpoints) -> dict:
     from custom_datasets.findings import FINDINGS
 
     out = json.loads(config.to_json())
-    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    num_classes = int(model.num_classes or 0)
     findings = list(info.get("findings") or (FINDINGS if num_classes == len(FINDINGS) else []))
     out.update({
         "noise_shape": [int(d) for d in model.noise_shape],
-        "image_size": int(getattr(model, "image_size", config.image_size)),
-        "channels": int(getattr(model, "channels", config.channels)),
-        "conditional": bool(getattr(model, "conditional", False)),
+        "image_size": int(model.image_size),
+        "channels": int(model.channels),
+        "conditional": bool(model.conditional),
         "num_classes": num_classes,
         "findings": findings[:num_classes] if num_classes else findings,
         "data_range": model.data_range,
         "endpoints": endpoints,
-        "supports_guidance": bool(getattr(model, "supports_guidance", False)),
+        "supports_guidance": bool(model.supports_guidance),
         "model_class": type(model).__name__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
@@ -191,8 +175,7 @@ def export_run(run_dir, out, overwrite: bool = False, sampling_steps: int | None
     archive, endpoints = build_archive(model)
     cfg = export_config(model, config, info, endpoints)
 
-    tmp = work_folder(out)
-    try:
+    with publishing(out, "export", action="export") as tmp:
         archive.write_out(str(tmp / "saved_model"), verbose=False)
         if sampling_steps is None and sampler is None:
             shutil.copy2(Path(run_dir) / "model.keras", tmp / "model.keras")
@@ -200,14 +183,57 @@ def export_run(run_dir, out, overwrite: bool = False, sampling_steps: int | None
             model.save(tmp / "model.keras")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / "MODEL_CARD.md").write_text(model_card(cfg, info))
-        publish_folder(tmp, out, "export")
-    except OSError as exc:  # e.g. ENOSPC: the previous export (if any) is untouched
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"export to {out} failed, nothing was changed there: {exc.strerror or exc}"
-                        f"{f' ({exc.filename})' if exc.filename else ''}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
+# --------------------------------------------------------------------------- the finding classifier
+def export_classifier(model, out, info: dict) -> Path:
+    """Write `out/` = saved_model/ (predict, features endpoints on uint8 images), model.keras,
+    config.json; via a temporary folder renamed at the end."""
+    from keras_cxr.fileio import publishing
+
+    out = Path(out)
+    with publishing(out, "classifier") as tmp:
+        _write_classifier_export(model, tmp, info)
+    return out
+
+
+def _write_classifier_export(model, tmp: Path, info: dict) -> None:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    size = int(model.image_size)
+    if not model.built:  # a subclassed model is built by its first call
+        model(np.zeros((1, size, size, model.channels), "float32"))
+
+    from keras_cxr.images import from_uint8_tf, resize_gray
+
+    def prepare(images):  # any size of uint8 image -> the classifier's input (the one resize policy)
+        x = from_uint8_tf(images, "sigmoid")
+        if x.shape[-1] == 3:
+            x = tf.reduce_mean(x, axis=-1, keepdims=True)
+        x = resize_gray(x, size, fit="stretch")
+        if model.channels == 3:
+            x = tf.repeat(x, 3, axis=-1)
+        return x
+
+    spec = tf.TensorSpec([None, None, None, 1], tf.uint8, name="images")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("predict", lambda images: tf.sigmoid(model(prepare(images), training=False)),
+                         input_signature=[spec])
+    archive.add_endpoint("features", lambda images: model.features(prepare(images), training=False),
+                         input_signature=[spec])
+    archive.write_out(str(tmp / "saved_model"), verbose=False)
+    model.save(tmp / "model.keras")
+    (tmp / "config.json").write_text(json.dumps(info, indent=2, default=str))
+    (tmp / "MODEL_CARD.md").write_text(
+        "# Finding classifier (keras-cxr)\n\n"
+        f"Multi-label classifier of the 14 NIH ChestX-ray14 findings ({info.get('backbone')} backbone, "
+        f"{info.get('image_size')} px), trained on {info.get('train_images')} real training-split images; "
+        f"mean validation AUROC {info.get('val_mean_auroc')} on {info.get('val_images')} images "
+        "(per finding in config.json; findings with no validation positives have none).\n\n"
+        "Used by `keras-cxr evaluate` as the `cxr` feature extractor and the label-fidelity judge.\n"
+        "Research use only, not for diagnosis. Data: NIH Clinical Center, ChestX-ray14 "
+        "(https://nihcc.app.box.com/v/ChestXray-NIHCC; Wang et al., CVPR 2017).\n")

@@ -237,14 +237,22 @@ def publish_folder(work: Path, out: Path, kind: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def publishing(out, kind: str):
+def publishing(out, kind: str, action: str | None = None):
     """`with publishing(out, "report") as work: ...write into work...`: `out` appears whole on
-    success (marked as `kind`); on any error the work folder is removed and `out` is untouched."""
+    success (marked as `kind`); on any error the work folder is removed and `out` is untouched.
+    With `action` (e.g. "export"), an OSError (a full disk, ...) becomes the one-line UserError
+    "ACTION to OUT failed, nothing was changed there: REASON"."""
     out = Path(os.path.abspath(out))
     work = work_folder(out)
     try:
         yield work
         publish_folder(work, out, kind)
+    except OSError as exc:
+        _remove(work)
+        if action is None:
+            raise
+        raise _user_error(f"{action} to {out} failed, nothing was changed there: {exc.strerror or exc}"
+                        f"{f' ({exc.filename})' if exc.filename else ''}") from None
     except BaseException:
         _remove(work)
         raise

@@ -1,4 +1,5 @@
-"""Sample from an exported model folder (see keras_cxr.export) with TensorFlow only.
+"""Sample from an exported model folder (see keras_cxr.export) with TensorFlow only; load the
+finding classifier's export (`load_classifier`).
 
     from keras_cxr.sampling import load_generator
     gen = load_generator("saved_models/demo-lsgan")
@@ -6,7 +7,8 @@
     images = gen.sample(16, seed=0, labels="Cardiomegaly")     # conditional models
     images = gen.sample(16, seed=0, labels=["Effusion", "Edema"], guidance=3.0)
 
-Noise is drawn with a seeded numpy RNG, so `sample(n, seed)` gives the same images in every process.
+Noise is drawn with a seeded numpy RNG (`keras_cxr.images.noise`), so `sample(n, seed)` gives the
+same images in every process.
 Nothing here imports the model classes: only the SavedModel is loaded.
 """
 
@@ -103,7 +105,10 @@ class Generator:
         return arr
 
     def noise(self, n: int, seed: int = 0) -> np.ndarray:
-        return np.random.default_rng(seed).standard_normal((n, *self.noise_shape)).astype("float32")
+        """float32 [n, *noise_shape] standard-normal noise for `seed` (`keras_cxr.images.noise`)."""
+        from keras_cxr.images import noise
+
+        return noise((n, *self.noise_shape), seed)
 
     def sample(self, n: int, seed: int = 0, labels=None, guidance=None, batch_size: int = 64) -> np.ndarray:
         """uint8 images [n, H, W, C] from the SavedModel (same seed -> same images)."""
@@ -146,3 +151,42 @@ def write_samples(images, out_dir, prefix: str = "sample", cols: int | None = No
     for i, img in enumerate(images):
         grids.save_png(img, out_dir / f"{prefix}_{i:04d}.png")
     return grids.save_png(grids.tile(images, cols=cols), out_dir / "grid.png")
+
+
+# --------------------------------------------------------------------------- the finding classifier
+class LoadedClassifier:
+    """A classifier export used from numpy: `predict(uint8) -> probs`, `features(uint8) -> [B, D]`."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self.path = Path(path)
+        cfg = self.path / "config.json"
+        if not (self.path / "saved_model").is_dir() or not cfg.is_file():
+            raise UserError(f"--classifier {path}: not a classifier export (needs saved_model/ and config.json; "
+                            "make one with `keras-cxr train-classifier --out PATH`)")
+        from keras_cxr.fileio import read_json_file
+        from keras_cxr.trust import check_saved_model
+
+        self.config = read_json_file(cfg, "config.json")
+        self.findings = list(self.config.get("findings", []))
+        self.feature_dim = int(self.config.get("feature_dim", 0))
+        check_saved_model(self.path / "saved_model", f"--classifier {path}")
+        self._sm = tf.saved_model.load(str(self.path / "saved_model"))
+        for name in ("predict", "features"):
+            if not hasattr(self._sm, name):
+                raise UserError(f"--classifier {path}: the SavedModel has no `{name}` endpoint")
+
+    def predict(self, images) -> np.ndarray:
+        from keras_cxr.metrics._images import gray_uint8
+
+        return self._sm.predict(gray_uint8(images, "classifier input")).numpy()
+
+    def features(self, images) -> np.ndarray:
+        from keras_cxr.metrics._images import gray_uint8
+
+        return self._sm.features(gray_uint8(images, "classifier input")).numpy()
+
+
+def load_classifier(path) -> LoadedClassifier:
+    return LoadedClassifier(path)

@@ -11,12 +11,12 @@ What `train` does, in order:
    (bit-reproducible CPU runs; slower: some ops fall back to deterministic kernels and tf.data
    runs its map in order);
 2. loads the records (`custom_datasets.load_records`, train split; the val split for validation);
-3. builds the model with the registry's `build_model(config)` inside `strategy.scope()`;
-4. builds the input pipeline: `custom_datasets.make_dataset(..., normalization=model.data_range)`.
-   HOOK: if the model module defines `make_train_dataset(config, records, model)` it is used
-   instead and must return a batched `tf.data.Dataset` of `(inputs, labels)` with the GLOBAL batch
-   size (e.g. a cache of frozen-backbone features or autoencoder latents). Validation then uses
-   `make_val_dataset(config, records, model)` when the module defines it, else it is skipped;
+3. builds the model with its recipe, `keras_cxr.recipes.get_recipe(config.model).build(config)`,
+   inside `strategy.scope()`;
+4. builds the input pipeline by the recipe's input kind (`make_datasets`): `images` through
+   `custom_datasets.make_dataset(..., normalization=model.data_range)`; `backbone_features` and
+   `latents` on the cached output of a frozen encoder (keras_cxr/encoder_cache.py) when there is
+   one. Validation is always on images. Batches have the GLOBAL batch size;
 5. runs `model.fit` with the callbacks below and writes the run folder.
 
 Run folder (`config.run_dir`):
@@ -43,14 +43,11 @@ from pathlib import Path
 from keras_cxr.config import TrainConfig, apply_overrides, with_preset
 from keras_cxr.errors import DataError, UserError
 from keras_cxr.fileio import read_json_file
-
-# run.json / config.json keys that may differ between an interrupted run and its resume
-_RESUME_FREE_KEYS = {"run_dir"}
-
+from keras_cxr.runs import load_run, prepare_run_dir  # noqa: F401 (load_run: public here since 0.1)
 
 def resolve_config(model: str = "lsgan", preset: str | None = "default", overrides=(), **fields) -> TrainConfig:
     """TrainConfig for `model`: defaults <- preset <- explicit `fields` <- `key=value` overrides."""
-    from keras_cxr.models import get_preset
+    from keras_cxr.recipes import get_preset
 
     config = TrainConfig(model=model)
     if preset:
@@ -63,43 +60,6 @@ def resolve_config(model: str = "lsgan", preset: str | None = "default", overrid
             raise UserError(f"unknown config field {key!r}")
         setattr(config, key, value)
     return apply_overrides(config, list(overrides or ()))
-
-
-def _same_config(a: dict, b: dict) -> list:
-    return sorted(k for k in set(a) | set(b) if k not in _RESUME_FREE_KEYS and a.get(k) != b.get(k))
-
-
-def _prepare_run_dir(config: TrainConfig, run_dir: Path, overwrite: bool) -> None:
-    """Fresh run, resume of an interrupted run with the same config, or a clear error."""
-    from keras_cxr.fileio import LOCK, _remove
-
-    cfg_path = run_dir / "config.json"
-    old = json.loads(TrainConfig.load(cfg_path).to_json()) if cfg_path.is_file() else None
-    if old is not None and old.get("model") != config.model:
-        raise UserError(f"--run-dir {run_dir} holds a {old.get('model')} run, not a {config.model} one; "
-                        "choose another --run-dir")
-    if overwrite and run_dir.exists():  # everything but the lock this process holds
-        for entry in run_dir.iterdir():
-            if entry.name != LOCK:
-                _remove(entry)
-        return
-    if old is None:  # (a finished run without --overwrite was refused in `train`, before any work)
-        return
-    # values a model measures during training and records in model_kwargs (the LDM's latent_scale):
-    # an interrupted run resumes with the measured value instead of calling it a config change
-    from keras_cxr.models import get_model_module
-
-    measured = getattr(get_model_module(config.model), "MEASURED_MODEL_KWARGS", ())
-    for key in measured:
-        if key in old.get("model_kwargs", {}) and key not in config.model_kwargs:
-            config.model_kwargs[key] = old["model_kwargs"][key]
-    new = json.loads(config.to_json())
-    diff = _same_config(old, new)
-    if diff:
-        raise UserError(
-            f"{run_dir} holds an interrupted run with a different config ({', '.join(diff)}); "
-            "rerun the same command to resume, choose another --run-dir, or pass --overwrite"
-        )
 
 
 def _raise_undecodable(*record_sets) -> None:
@@ -132,52 +92,123 @@ def _load_records(config: TrainConfig):
     return train, val
 
 
-def _cache_ok(n_images: int, config: TrainConfig) -> bool:
-    return n_images * config.image_size**2 * config.channels * 4 <= 2 * 1024**3
-
-
-def make_datasets(config: TrainConfig, module, model, records, val_records, strategy):
-    """(train_ds, steps_per_epoch, val_ds) for `fit`."""
-    import tensorflow as tf
-
+def image_dataset(config: TrainConfig, records, model, *, train: bool, drop_remainder: bool = True,
+                  deterministic=None, repeat: bool = False):
+    """The image pipeline every recipe shares: images in `model.data_range` with their labels, kept
+    in memory when they fit (encoder_cache.MEMORY_CACHE_BYTES), shuffled / augmented / class-balanced
+    for training as the config says."""
     from custom_datasets import make_dataset
+    from keras_cxr.encoder_cache import fits_in_memory
 
-    hook = getattr(module, "make_train_dataset", None)
-    if hook is not None:
-        train_ds = hook(config, records, model)
-        val_hook = getattr(module, "make_val_dataset", None)
-        val_ds = val_hook(config, val_records, model) if (val_hook and val_records is not None) else None
-        steps = config.steps_per_epoch
-        if steps:
-            train_ds = train_ds.repeat()
-        return train_ds, steps, val_ds
+    balance = config.balance if train else None
+    if balance and not config.steps_per_epoch:
+        raise UserError("--balance makes an endless class-balanced stream: also pass --steps-per-epoch")
+    return make_dataset(
+        records, image_size=config.image_size, channels=config.channels, normalization=model.data_range,
+        batch_size=config.batch_size if train else min(config.batch_size, len(records)), shuffle=train,
+        seed=config.seed, with_labels=True, cache=fits_in_memory(len(records), config.image_size, config.channels)
+        and not balance, deterministic=config.deterministic if deterministic is None else deterministic,
+        repeat=repeat, drop_remainder=drop_remainder, augment=bool(train and config.augment), balance=balance)
+
+
+def _can_cache_features(model, config) -> bool:
+    """A frozen backbone encoder, no augmentation and no class balancing: its features never change."""
+    return bool(getattr(model, "uses_cached_features", False)) and not (config.augment or config.balance)
+
+
+def encoder_dataset(config: TrainConfig, recipe, model, records):
+    """Training batches on the cached output of a frozen encoder (keras_cxr/encoder_cache.py), or None
+    when the recipe's input kind does not cache for this model (then the image pipeline is used)."""
+    import numpy as np
+
+    from keras_cxr import encoder_cache as ec
+
+    cache_dir = ec.default_cache_dir(config)
+    common = dict(image_size=config.image_size, channels=config.channels, data_range=model.data_range)
+    if recipe.inputs == "backbone_features" and _can_cache_features(model, config):
+        weights = model.backbone_weights
+        tag = "none" if weights is None else ("imagenet" if weights == "imagenet" else Path(str(weights)).stem)
+        tag = "random" if str(tag).lower() in ("none", "null", "") else tag
+        prefix = f"{model.encoder_name}-{tag}-{model.image_size}px-{model.channels}ch"
+        path = ec.cache_path(cache_dir, prefix, records, model.feature_extractor)
+        extract = model.feature_extractor
+        codes = ec.load_or_encode(lambda x: extract(x, training=False), records, path, dtype=np.float16,
+                                  batch_size=config.batch_size, **common)
+        images = image_dataset(config, records, model, train=False, drop_remainder=False).unbatch()
+        return ec.cached_dataset(codes, records, batch_size=config.batch_size, seed=config.seed, images=images,
+                                 drop_remainder=True)
+    if recipe.inputs == "latents":
+        import tensorflow as tf
+
+        from custom_datasets import label_matrix
+
+        encoder = tf.function(lambda x: model.autoencoder.encoder(x, training=False))
+
+        def moments(x):  # mean | log-variance, clipped as the sampler expects
+            mean, log_var = np.split(encoder(x).numpy(), 2, axis=-1)
+            return np.concatenate([mean, np.clip(log_var, -30.0, 20.0)], -1)
+
+        prefix = f"autoencoder-{model.image_size}px-{model.channels}ch"
+        path = ec.cache_path(cache_dir, prefix, records, model.autoencoder)
+        codes = ec.load_or_encode(moments, records, path, dtype=np.float32, batch_size=64, **common)
+        _measure(config, recipe, model, codes)
+        labels = label_matrix(records)
+        if model.conditional and labels.shape[1] != model.num_classes:
+            raise UserError(f"the data has {labels.shape[1]} label columns but the {config.model} has "
+                            f"num_classes={model.num_classes}")
+        if not model.conditional:
+            labels = np.zeros((len(records), model.num_classes), "float32")
+        return ec.cached_dataset(codes, records, batch_size=config.batch_size, seed=config.seed, labels=labels)
+    return None
+
+
+def _measure(config: TrainConfig, recipe, model, codes) -> None:
+    """Model options measured on the cached encodings (the LDM's latent_scale = 1/std(z)), recorded in
+    config.model_kwargs so that config.json, a resume and the export carry them."""
+    import numpy as np
+
+    for key in recipe.measured:
+        if key != "latent_scale":
+            raise NotImplementedError(f"no measurement for {key!r}")
+        from keras_cxr.models.latent_diffusion import latent_scale_from_moments
+
+        scale = float(np.asarray(model.latent_scale))
+        if scale <= 0:
+            n = len(codes)  # at most 8,192 latents (seeded subset) so the measurement's memory stays flat
+            rows = np.arange(n) if n <= 8192 else np.sort(np.random.default_rng(config.seed).choice(n, 8192, replace=False))
+            scale = latent_scale_from_moments(codes[rows], seed=config.seed)
+            model.set_latent_scale(scale)
+            print(f"latent_scale = 1/std(z) = {scale:.5f}")
+        config.model_kwargs["latent_scale"] = scale
+
+
+def make_datasets(config: TrainConfig, recipe, model, records, val_records, strategy):
+    """(train_ds, steps_per_epoch, val_ds) for `fit`, by the recipe's input kind (keras_cxr/recipes)."""
+    import tensorflow as tf
 
     if len(records) < config.batch_size:
         raise UserError(
             f"--batch-size {config.batch_size} is larger than the {len(records)} training images; "
             "use a smaller batch or more data"
         )
-    common = dict(image_size=config.image_size, channels=config.channels, normalization=model.data_range,
-                  with_labels=True, deterministic=config.deterministic)
     steps = config.steps_per_epoch
     if config.balance and not steps:
         raise UserError("--balance makes an endless class-balanced stream: also pass --steps-per-epoch")
     multiworker = config.strategy == "multiworker"
     repeat = bool(steps) or multiworker
+    train_ds = encoder_dataset(config, recipe, model, records)
+    if train_ds is not None:
+        train_ds = train_ds.repeat() if repeat else train_ds
+    else:  # repeated before batching (a balanced stream is endless already)
+        train_ds = image_dataset(config, records, model, train=True, repeat=repeat and not config.balance)
     if repeat and not steps:
         steps = len(records) // config.batch_size
-    train_ds = make_dataset(records, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                            cache=_cache_ok(len(records), config) and not config.balance,
-                            repeat=repeat and not config.balance, drop_remainder=True,
-                            augment=bool(config.augment), balance=config.balance, **common)
     val_ds = None
     if val_records is not None and len(val_records) >= strategy.num_replicas_in_sync and not multiworker:
-        val_ds = make_dataset(val_records, batch_size=min(config.batch_size, len(val_records)), shuffle=False,
-                              cache=_cache_ok(len(val_records), config), drop_remainder=True, **common)
+        val_ds = image_dataset(config, val_records, model, train=False)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = train_ds.with_options(options)
-    return train_ds, steps, val_ds
+    return train_ds.with_options(options), steps, val_ds
 
 
 def make_callbacks(config: TrainConfig, model, run_dir: Path, work_dir: Path, findings, chief: bool):
@@ -196,9 +227,10 @@ def make_callbacks(config: TrainConfig, model, run_dir: Path, work_dir: Path, fi
             cb.HistoryLogger(str(run_dir / "history.csv")),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=False, update_freq="epoch",
                                         profile_batch=0),
-            cb.SampleGrid(run_dir / "samples", every=config.sample_every, log_dir=run_dir / "logs" / "samples",
-                          findings=findings, epochs=config.epochs, seed=config.seed + 1234),
         ]
+        if hasattr(model, "generate"):  # generators (not the finding classifier)
+            out.append(cb.SampleGrid(run_dir / "samples", every=config.sample_every, log_dir=run_dir / "logs" / "samples",
+                                     findings=findings, epochs=config.epochs, seed=config.seed + 1234))
     out += [
         keras.callbacks.ModelCheckpoint(str(ckpt_dir / "epoch_{epoch:04d}.keras"), save_freq="epoch"),
         cb.PruneCheckpoints(ckpt_dir, keep=2),
@@ -248,9 +280,9 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
     import tensorflow as tf
 
     from keras_cxr import distribute
-    from keras_cxr.models import get_model_module
+    from keras_cxr.recipes import get_recipe
 
-    module = get_model_module(config.model)
+    recipe = get_recipe(config.model)
     for name in ("epochs", "batch_size", "image_size", "sample_every"):
         if int(getattr(config, name)) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -272,7 +304,7 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
         run_json = run_dir / "run.json"
         if chief and not overwrite and run_json.is_file() and read_json_file(run_json).get("completed"):
             raise UserError(f"{run_dir} already holds a finished run; choose another --run-dir or pass --overwrite")
-        return _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite, verbose,
+        return _train_locked(config, recipe, strategy, chief, run_dir, overrides, overwrite, verbose,
                              extra_callbacks)
     finally:
         if lock is not None:
@@ -281,7 +313,7 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
                 run_dir.rmdir()
 
 
-def _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite, verbose, extra_callbacks):
+def _train_locked(config, recipe, strategy, chief, run_dir, overrides, overwrite, verbose, extra_callbacks):
     import tensorflow as tf
 
     from keras_cxr import distribute
@@ -293,11 +325,11 @@ def _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite
     if findings and len(findings) != 14 and "num_classes" not in config.model_kwargs:
         config.model_kwargs["num_classes"] = len(findings)  # staged conditioning on a subset
     if chief:
-        _prepare_run_dir(config, run_dir, overwrite)
+        prepare_run_dir(config, run_dir, overwrite)
     work_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
-        model = module.build_model(config)
-    train_ds, steps, val_ds = make_datasets(config, module, model, records, val_records, strategy)
+        model = recipe.build(config)
+    train_ds, steps, val_ds = make_datasets(config, recipe, model, records, val_records, strategy)
     if chief:  # written once model and data are built: a config that cannot run leaves no run behind
         from keras_cxr.fileio import write_marker
 
@@ -307,9 +339,9 @@ def _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite
 
     info = {
         "model": config.model, "preset": config.preset, "model_class": type(model).__name__,
-        "findings": list(findings), "num_classes": int(getattr(model, "num_classes", len(findings)) or 0),
-        "conditional": bool(getattr(model, "conditional", False)),
-        "noise_shape": list(getattr(model, "noise_shape", ()) or ()), "data_range": model.data_range,
+        "findings": list(findings), "num_classes": int(model.num_classes or 0),
+        "conditional": bool(model.conditional),
+        "noise_shape": list(model.noise_shape if recipe.kind == "generator" else ()), "data_range": model.data_range,
         "image_size": config.image_size, "channels": config.channels,
         "data": {"folder": records.attrs.get("folder"), "metadata": records.attrs.get("metadata"),
                  "report": records.attrs.get("report", {}),
@@ -322,16 +354,36 @@ def _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite
 
     if config.strategy == "multiworker":
         _patch_for_multiworker(model, train_ds, strategy)
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2  # one line per epoch when logging to a file
     t0 = time.time()
+    history = fit_model(model, train_ds, config=config, steps=steps, val_ds=val_ds, callbacks=cbs, verbose=verbose,
+                        records=(records, val_records))
+    if chief:
+        _save_model_atomic(model, run_dir / "model.keras")
+        final = {k: float(v[-1]) for k, v in history.history.items() if v}
+        info.update({"completed": True, "epochs_completed": config.epochs, "final_metrics": final,
+                     "train_seconds_last_session": round(time.time() - t0, 1)})
+        _write_json_atomic(run_dir / "run.json", info)
+    return run_dir
+
+
+def fit_model(model, train_ds, *, config: TrainConfig, steps=None, val_ds=None, callbacks=(), verbose=None,
+              records=(None, None), epochs=None):
+    """THE `model.fit` of keras-cxr (`train`, `train_classifier` and the utility's regimes all call
+    it): verbosity by terminal, no Keras-side shuffle (the pipeline shuffles), and the errors of a
+    damaged input turned into one line naming it: a truncated TFRecord shard, a PNG that does not
+    decode (the data is searched for it), a non-finite loss (with the learning rates to lower)."""
+    import tensorflow as tf
+
     from callbacks import NonFiniteLossError
 
+    records, val_records = records
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2  # one line per epoch when logging to a file
     try:
-        history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, validation_data=val_ds,
-                            callbacks=cbs, verbose=verbose, shuffle=False)
+        return model.fit(train_ds, epochs=int(config.epochs if epochs is None else epochs), steps_per_epoch=steps,
+                         validation_data=val_ds, callbacks=list(callbacks), verbose=verbose, shuffle=False)
     except tf.errors.DataLossError as exc:  # a truncated / damaged TFRecord shard
-        shards = sorted(records.attrs.get("shards") or [])
+        shards = sorted((records.attrs.get("shards") if records is not None else None) or [])
         where = f" in {Path(shards[0]).parent}" if shards else ""
         lines = [ln.strip() for ln in str(exc).splitlines() if "record" in ln] or [type(exc).__name__]
         detail = lines[0][:160]
@@ -346,27 +398,112 @@ def _train_locked(config, module, strategy, chief, run_dir, overrides, overwrite
         rates = ", ".join(f"compile.{k}={v:g}" for k, v in sorted(config.compile_kwargs.items())
                           if "learning_rate" in k and isinstance(v, (int, float)))
         raise NonFiniteLossError(f"{exc}; try a lower learning rate ({rates or 'compile.learning_rate'})") from None
-    if chief:
-        _save_model_atomic(model, run_dir / "model.keras")
-        final = {k: float(v[-1]) for k, v in history.history.items() if v}
-        info.update({"completed": True, "epochs_completed": config.epochs, "final_metrics": final,
-                     "train_seconds_last_session": round(time.time() - t0, 1)})
-        _write_json_atomic(run_dir / "run.json", info)
-    return run_dir
-
-
-def load_run(run_dir):
-    """(TrainConfig, run.json dict) of a finished run folder, or a one-line UserError."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run dir {run_dir} does not exist")
-    config = TrainConfig.load(run_dir / "config.json")
-    info_path = run_dir / "run.json"
-    info = read_json_file(info_path, "run.json") if info_path.is_file() else {}
-    if not (run_dir / "model.keras").is_file():
-        raise UserError(f"{run_dir} has no model.keras (training not finished?); rerun the train command to resume")
-    return config, info
 
 
 def config_dict(config: TrainConfig) -> dict:
     return json.loads(config.to_json()) if dataclasses.is_dataclass(config) else dict(config)
+
+
+def train_stages(config: TrainConfig, runs_dir, prefix: str = "demo-") -> TrainConfig:
+    """Train (or reuse) the stages `config.model`'s recipe needs first, each with its "default" preset
+    in RUNS/<prefix><stage model>, and point `config` at them (the LDM's `autoencoder`). An interrupted
+    stage resumes; a finished one is reused."""
+    from keras_cxr.recipes import get_recipe
+
+    needs = get_recipe(config.model).needs
+    for i, (field, stage_model) in enumerate(needs, 1):
+        stage_dir = Path(runs_dir) / f"{prefix}{stage_model}"
+        run_json = stage_dir / "run.json"
+        done = (run_json.is_file() and read_json_file(run_json, "run.json").get("completed")
+                and (stage_dir / "model.keras").is_file())
+        if done:
+            print(f"demo: reusing the trained {stage_model} {stage_dir}", flush=True)
+        else:
+            stage = resolve_config(stage_model, "default", run_dir=str(stage_dir), data=config.data)
+            print(f"demo: stage {i}/{len(needs) + 1}, training {stage_model} ({stage.epochs} epochs) -> {stage_dir}",
+                  flush=True)
+            train(stage)  # resumes an interrupted stage run with the same config
+        setattr(config, field, str(stage_dir))
+    return config
+
+
+# --------------------------------------------------------------------------- the finding classifier
+def predict_probabilities(model, dataset):
+    """(labels [N, F], probs [N, F]) of a model over a batched (images, labels) dataset."""
+    import keras
+    import numpy as np
+
+    ys, ps = [], []
+    for images, labels in dataset:
+        ps.append(keras.ops.convert_to_numpy(model.probabilities(images)))
+        ys.append(np.asarray(labels))
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def train_classifier(config, out, *, run_dir=None, verbose="auto") -> dict:
+    """Train on the training split, measure per-finding AUROC on the validation split, export to
+    `out` (keras_cxr.export.export_classifier). Returns the export's config dict. The classifier's
+    own loop: `fit` on real images with its AUROC measured after, no sample grids or checkpoints
+    (a few CPU minutes); `keras_cxr.utility` drives the same model through `fit` per regime."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from custom_datasets import label_matrix, load_records
+    from keras_cxr.export import export_classifier
+    from keras_cxr.metrics.label_fidelity import per_finding_auroc
+    from keras_cxr.models.classifier import positive_weights
+    from keras_cxr.recipes import get_recipe
+
+    keras.utils.set_random_seed(int(config.seed))
+    common = dict(seed=config.split_seed, views=config.views or None, conditions=config.conditions or None)
+    train = load_records(config.data, config.metadata, split="train", max_images=config.max_images, **common)
+    if not train.attrs.get("has_labels"):
+        raise DataError("train-classifier needs finding labels: pass --metadata Data_Entry_2017_v2020.csv")
+    val = load_records(config.data, config.metadata, split="val", **common)
+    findings = list(train.attrs["findings"])
+    y_train = label_matrix(train)
+    model_kwargs = dict(config.model_kwargs)
+    model_kwargs.setdefault("num_classes", len(findings))
+    model_kwargs.setdefault("pos_weight", positive_weights(y_train))
+    model_kwargs.setdefault("findings", findings)
+    config.model_kwargs = model_kwargs
+    model = get_recipe("classifier").build(config)
+    # every image counts (no dropped remainder): the validation AUROC is over the whole split
+    train_ds = image_dataset(config, train, model, train=True, drop_remainder=False)
+    val_ds = image_dataset(config, val, model, train=False, drop_remainder=False)
+    callbacks = []
+    if run_dir is not None:
+        from keras_cxr.fileio import write_marker
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, "run")
+        config.save(run_dir / "config.json")
+        callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv")))
+    history = fit_model(model, train_ds, config=config, val_ds=val_ds, callbacks=callbacks, verbose=verbose,
+                        records=(train, val))
+    y_val, p_val = predict_probabilities(model, val_ds)
+    aurocs = per_finding_auroc(y_val, p_val, findings)
+    finite = [v for v in aurocs.values() if np.isfinite(v)]
+    info = {
+        "model": "classifier", "preset": config.preset, "findings": findings, "image_size": config.image_size,
+        "channels": config.channels, "feature_dim": model.feature_dim, "backbone": model.backbone_name,
+        "data_range": "sigmoid", "endpoints": ["predict", "features"],
+        "train_images": len(train), "val_images": len(val),
+        "val_positives": {f: int(v) for f, v in zip(findings, y_val.sum(axis=0))},
+        "val_auroc": {f: (None if not np.isfinite(v) else round(float(v), 4)) for f, v in aurocs.items()},
+        "val_mean_auroc": float(np.mean(finite)) if finite else None,
+        "epochs": int(config.epochs), "final_metrics": {k: float(v[-1]) for k, v in history.history.items()},
+        "config": json.loads(config.to_json()), "data": {"folder": train.attrs.get("folder"),
+                                                         "report": train.attrs.get("report", {})},
+    }
+    if run_dir is not None:
+        from keras_cxr.fileio import atomic_path, write_json
+
+        with atomic_path(run_dir / "model.keras") as tmp:
+            model.save(tmp)
+        write_json(run_dir / "metrics.json", info, default=str)
+    export_classifier(model, out, info)
+    return info

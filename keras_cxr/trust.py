@@ -31,7 +31,7 @@ ExpandDims Fill Floor FloorDiv FloorMod FusedBatchNormV3 GatherNd GatherV2 Great
 IdentityN If IsFinite L2Loss LeakyRelu Less LessEqual Log Log1p LogSoftmax LogicalAnd LogicalNot LogicalOr
 MatMul Max MaxPool Maximum Mean Min Minimum Mod Mul Neg NoOp NotEqual OneHot OnesLike Pack Pad PadV2
 PartitionedCall Placeholder Pow Prod RandomStandardNormal RandomUniform Range Rank ReadVariableOp RealDiv
-Reciprocal Relu Relu6 Reshape ResizeArea ResizeBilinear ResizeNearestNeighbor Round Rsqrt Select SelectV2
+Reciprocal Relu Relu6 Reshape ResizeArea ResizeBilinear ResizeNearestNeighbor Round Rsqrt ScaleAndTranslate Select SelectV2
 Selu Shape ShapeN Sigmoid Sign Sin Size Slice Softmax Softplus Softsign SpaceToDepth Split SplitV Sqrt
 Square SquaredDifference Squeeze StatefulPartitionedCall StatelessIf StatelessRandomNormalV2
 StatelessRandomUniformV2 StatelessWhile StopGradient StridedSlice Sub Sum Tanh TensorListFromTensor

@@ -87,7 +87,10 @@ class ResidualBlock(layers.Layer):
         self.width = int(width)
         self.dropout = float(dropout)
         self.conv1 = layers.Conv2D(self.width, 3, padding="same", name="conv1")
-        self.cond_proj = layers.Dense(self.width, name="cond_proj")
+        # made in build, only for a block that gets a condition: an unconditional block (the
+        # autoencoder's) then holds no never-built layer, which would make `fit` under a strategy
+        # try to build the whole model symbolically
+        self.cond_proj = None
         self.norm2 = layers.GroupNormalization(_groups(self.width), epsilon=1e-5, name="norm2")
         self.drop = layers.Dropout(self.dropout)
         self.conv2 = layers.Conv2D(self.width, 3, padding="same", name="conv2", kernel_initializer="zeros")
@@ -101,6 +104,7 @@ class ResidualBlock(layers.Layer):
         self.conv1.build(input_shape)
         mid = tuple(input_shape[:-1]) + (self.width,)
         if cond_shape is not None:
+            self.cond_proj = layers.Dense(self.width, name="cond_proj")
             self.cond_proj.build(cond_shape)
         self.norm2.build(mid)
         self.conv2.build(mid)
@@ -111,7 +115,7 @@ class ResidualBlock(layers.Layer):
 
     def call(self, x, cond=None, training=None):
         h = self.conv1(ops.silu(self.norm1(x)))
-        if cond is not None:
+        if cond is not None and self.cond_proj is not None:
             h = h + ops.expand_dims(ops.expand_dims(self.cond_proj(cond), 1), 1)
         h = self.conv2(self.drop(ops.silu(self.norm2(h)), training=training))
         return h + (self.skip(x) if self.skip is not None else x)

@@ -126,13 +126,13 @@ def tiny_export(sample_dir, tmp_path_factory) -> tuple[Path, Path]:
 def untrained_run(root: Path, name: str = "run", model_name: str = "lsgan", overrides=TINY_LSGAN) -> Path:
     """A finished-looking run folder (32 px; by default a tiny LSGAN) holding an UNTRAINED model: what
     `keras-cxr export` needs, without spending seconds on training (export/sample/evaluate tests)."""
-    from keras_cxr.models import get_model_module
+    from keras_cxr.recipes import build_model
     from keras_cxr.training import resolve_config
 
     run = Path(root) / name
     config = resolve_config(model_name, "default", overrides, run_dir=str(run), image_size=32, epochs=1)
     config.save(run / "config.json")
-    model = get_model_module(model_name).build_model(config)
+    model = build_model(config)
     model.save(run / "model.keras")
     (run / "run.json").write_text(json.dumps({"completed": True, "findings": [], "epochs_completed": 0,
                                               "final_metrics": {}}))

@@ -323,7 +323,7 @@ recon = keras.ops.convert_to_numpy(ae.reconstruct(x))
 show(grids.labelled_rows(grids.to_uint8(np.concatenate([x, recon]), ae.data_range), ["real", "autoencoder"], cols=8),
      "autoencoder reconstructions (held-out)")'''),
     md("## Stage 2: the latent diffusion model\nThe training system encodes the training images once "
-       "(`latent_cache.npz`) and trains the denoiser on the cached latents."),
+       "(`encoder_cache/`) and trains the denoiser on the cached latents."),
     code('''\
 ldm_dir = train(resolve_config("ldm", LDM_PRESET, LDM_OVERRIDES, run_dir=str(Path(OUT) / "nb03-ldm"), autoencoder=str(ae_dir),
                                data=str(data), image_size=IMAGE_SIZE, epochs=LDM_EPOCHS, max_images=MAX_IMAGES,
@@ -376,15 +376,13 @@ show(grids.labelled_rows(np.concatenate([v[:8] for v in by_steps.values()]), [f"
        "each finding, AUROC of its score on samples generated FOR that finding against samples generated for the "
        "others (0.5 = the label is ignored). Guidance 0 = unconditional, 1 = conditional without guidance."),
     code('''\
-from keras_cxr.config import TrainConfig, apply_overrides, with_preset
 from keras_cxr.metrics.label_fidelity import label_fidelity
-from keras_cxr.models import get_preset
-from keras_cxr.models.classifier import load_classifier, train_classifier
+from keras_cxr.sampling import load_classifier
+from keras_cxr.training import resolve_config, train_classifier
 
-clf_config = with_preset(TrainConfig(model="classifier"), get_preset("classifier", "default"))
-clf_config.data, clf_config.image_size, clf_config.epochs = str(data), max(IMAGE_SIZE, 32), CLASSIFIER_EPOCHS
-clf_config.max_images, clf_config.seed = MAX_IMAGES, SEED
-apply_overrides(clf_config, CLASSIFIER_OVERRIDES)
+clf_config = resolve_config("classifier", "default", CLASSIFIER_OVERRIDES, data=str(data),
+                            image_size=max(IMAGE_SIZE, 32), epochs=CLASSIFIER_EPOCHS, max_images=MAX_IMAGES,
+                            seed=SEED)
 clf_dir = Path(OUT) / "saved_models" / "classifier"
 info = train_classifier(clf_config, clf_dir, run_dir=Path(OUT) / "nb03-classifier", verbose=2)
 classifier = load_classifier(clf_dir)
@@ -482,14 +480,11 @@ print([p.name for p in exports])'''),
     md("## The finding classifier\nGives the `cxr` features for FID/KID/precision-recall and judges label "
        "fidelity. Notebook 03 trains one; otherwise a small one is trained here."),
     code('''\
-from keras_cxr.config import TrainConfig, with_preset
-from keras_cxr.models import get_preset
-from keras_cxr.models.classifier import train_classifier
+from keras_cxr.training import resolve_config, train_classifier
 
 clf_dir = saved / "classifier"
 if not (clf_dir / "saved_model").is_dir():
-    clf_config = with_preset(TrainConfig(model="classifier"), get_preset("classifier", "default"))
-    clf_config.data, clf_config.image_size, clf_config.seed = str(data), max(IMAGE_SIZE, 32), SEED
+    clf_config = resolve_config("classifier", "default", data=str(data), image_size=max(IMAGE_SIZE, 32), seed=SEED)
     clf_config.epochs, clf_config.max_images = FALLBACK_EPOCHS, 32 if FAST else None
     if FAST:
         clf_config.model_kwargs.update(width=8, feature_dim=16)

@@ -8,10 +8,9 @@ import tensorflow as tf
 
 from keras_cxr.config import TrainConfig
 from keras_cxr.errors import UserError
+from keras_cxr.recipes import build_model, get_recipe
 from keras_cxr.models.autoencoder_kl import (
-    PRESETS,
     AutoencoderKL,
-    build_model,
     l1_reconstruction,
     spatial_gaussian_kl,
 )
@@ -171,7 +170,8 @@ def test_batchnorm_discriminator_and_frequency_term():
 
 
 def test_presets_and_bad_options():
-    assert "default" in PRESETS and PRESETS["default"]["image_size"] == 64
+    presets = get_recipe("autoencoder-kl").presets
+    assert "default" in presets and presets["default"]["image_size"] == 64
     with pytest.raises(UserError):
         build_model(TrainConfig(model="autoencoder-kl", model_kwargs={"recon": "huber"}))
     with pytest.raises(UserError):

@@ -33,24 +33,26 @@ def test_positive_weights_are_negative_over_positive_counts():
 def test_config_round_trip_and_unknown_options():
     from keras_cxr.models import classifier
 
-    config = with_preset(TrainConfig(model="classifier"), classifier.PRESETS["default"])
+    from keras_cxr.recipes import build_model, get_preset
+
+    config = with_preset(TrainConfig(model="classifier"), get_preset("classifier", "default"))
     config.image_size = 32
     config.model_kwargs.update(width=8, feature_dim=16)
-    model = classifier.build_model(config)
+    model = build_model(config)
     clone = classifier.FindingClassifier.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
     x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
     assert tuple(model(x).shape) == (2, 14) and tuple(model.features(x).shape) == (2, 16)
     config.model_kwargs["nope"] = 1
     with pytest.raises(UserError, match="nope"):
-        classifier.build_model(config)
+        build_model(config)
 
 
 def test_train_classifier_on_sample_exports_predict_and_features(tmp_path, sample_dir, capsys):
     import keras
 
     from keras_cxr.cli import main
-    from keras_cxr.models.classifier import load_classifier
+    from keras_cxr.sampling import load_classifier
 
     out, run_dir = tmp_path / "cls", tmp_path / "run"
     code = main(["train-classifier", "--data", str(sample_dir), "--epochs", "1", "--image-size", "32",

@@ -58,7 +58,7 @@ def test_old_export_loads_and_samples_the_same(name, expected, tmp_path):
 def test_old_classifier_export_and_keras_file_load(expected, tmp_path):
     import keras
 
-    from keras_cxr.models.classifier import load_classifier
+    from keras_cxr.sampling import load_classifier
 
     clf = load_classifier(shutil.copytree(FIXTURES / "classifier", tmp_path / "classifier"))
     images = expected["classifier/images"]

@@ -51,17 +51,18 @@ def make_export(path: Path, conditional: bool, image_size: int = 64, latent: int
 def workdir(tmp_path_factory, sample_dir):
     """Two generator exports and an (untrained, tiny) classifier export."""
     from keras_cxr.config import TrainConfig, with_preset
-    from keras_cxr.models import classifier
+    from keras_cxr.export import export_classifier
+    from keras_cxr.recipes import build_model, get_preset
 
     root = tmp_path_factory.mktemp("evaluate")
-    config = with_preset(TrainConfig(model="classifier"), classifier.PRESETS["default"])
+    config = with_preset(TrainConfig(model="classifier"), get_preset("classifier", "default"))
     config.image_size = 32
     config.model_kwargs.update(width=8, feature_dim=16)
-    model = classifier.build_model(config)
+    model = build_model(config)
     from custom_datasets.findings import FINDINGS
 
-    classifier.export_classifier(model, root / "cls", {"findings": list(FINDINGS), "feature_dim": 16,
-                                                       "image_size": 32, "val_mean_auroc": None})
+    export_classifier(model, root / "cls", {"findings": list(FINDINGS), "feature_dim": 16,
+                                            "image_size": 32, "val_mean_auroc": None})
     return {"root": root, "data": sample_dir, "cls": root / "cls",
             "cond": make_export(root / "tiny-cond", conditional=True),
             "uncond": make_export(root / "tiny-uncond", conditional=False, seed=1)}

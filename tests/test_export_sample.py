@@ -24,7 +24,7 @@ def exported(sample_dir, tmp_path_factory):
     that test_cli.py already covers end to end), exported with export_run."""
     from custom_datasets.findings import FINDINGS
     from keras_cxr.export import export_run
-    from keras_cxr.models.lsgan import build_model
+    from keras_cxr.recipes import build_model
 
     root = tmp_path_factory.mktemp("export")
     run_dir = root / "run"

@@ -11,8 +11,20 @@ import keras
 
 from keras_cxr.config import TrainConfig
 from keras_cxr.errors import UserError
-from keras_cxr.models import latent_diffusion as ldm_module
-from keras_cxr.models.latent_diffusion import LatentDiffusion, build_model, make_train_dataset
+from keras_cxr import encoder_cache
+from keras_cxr.models.latent_diffusion import LatentDiffusion
+from keras_cxr.recipes import build_model, get_recipe
+from keras_cxr.training import encoder_dataset
+
+
+def make_train_dataset(config, records, model):
+    return encoder_dataset(config, get_recipe("ldm"), model, records)
+
+
+def _latent_cache(run_dir):
+    files = sorted((run_dir / "encoder_cache").glob("autoencoder-32px-1ch-n*.npy"))
+    assert len(files) == 1, files
+    return files[0]
 
 # 32 px images, a 2-level autoencoder (factor 2) -> 16x16x4 latents; a 2-level U-Net
 TINY = dict(image_size=32, autoencoder={"image_size": 32, "widths": [8, 16]}, widths=(16, 32), num_res_blocks=1,
@@ -107,16 +119,15 @@ def test_latent_cache_and_scale(sample_records, tmp_path, monkeypatch):
     records.attrs = sample_records.attrs
     config = TrainConfig(model="ldm", run_dir=str(tmp_path), image_size=32, batch_size=4)
     ds = make_train_dataset(config, records, model)
-    assert (tmp_path / "latent_cache.npz").is_file()
+    cache = _latent_cache(tmp_path)
     scale = float(model.latent_scale)
     assert scale > 0 and config.model_kwargs["latent_scale"] == pytest.approx(scale)
     x, y = next(iter(ds))
     assert tuple(x.shape) == (4, 16, 16, 8) and tuple(y.shape) == (4, 14)
-    with np.load(tmp_path / "latent_cache.npz") as f:
-        mean = f["moments"][..., :4]
-        np.testing.assert_allclose(mean, _np(model.encode(next(iter(_images(records))))), atol=1e-4)
+    mean = np.load(cache)[..., :4]
+    np.testing.assert_allclose(mean, _np(model.encode(next(iter(_images(records))))), atol=1e-4)
     # a second call reads the cache instead of encoding again
-    monkeypatch.setattr(ldm_module, "encode_records", lambda *a, **k: pytest.fail("cache not used"))
+    monkeypatch.setattr(encoder_cache, "encode_records", lambda *a, **k: pytest.fail("cache not used"))
     model2 = LatentDiffusion(**TINY)
     model2.autoencoder.set_weights(model.autoencoder.get_weights())
     make_train_dataset(config, records, model2)
@@ -178,7 +189,7 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
                                    data=str(sample_dir), image_size=32, max_images=24, batch_size=8, epochs=1,
                                    steps_per_epoch=2, sample_every=100, validation=False), verbose=0)
     times["train"] = time.time() - t0
-    assert (ldm_dir / "latent_cache.npz").is_file()
+    assert _latent_cache(ldm_dir).is_file()
     model = keras.saving.load_model(ldm_dir / "model.keras")
     assert isinstance(model, LatentDiffusion) and float(model.latent_scale) > 0
     out = export_run(ldm_dir, tmp_path / "export")
@@ -242,7 +253,9 @@ def test_prepare_demo_reuses_a_finished_autoencoder_run(tmp_path):
     ae_dir.mkdir()
     AutoencoderKL(image_size=32, widths=[8, 16]).save(ae_dir / "model.keras")
     (ae_dir / "run.json").write_text(json.dumps({"completed": True}))
-    config = ldm_module.prepare_demo(TrainConfig(model="ldm"), tmp_path)
+    from keras_cxr.training import train_stages
+
+    config = train_stages(TrainConfig(model="ldm"), tmp_path)
     assert config.autoencoder == str(ae_dir)
     assert build_model(TrainConfig(model="ldm", image_size=32, autoencoder=config.autoencoder,
                                    model_kwargs={"widths": [16, 32], "num_res_blocks": 1})).noise_shape == (16, 16, 4)

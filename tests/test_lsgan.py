@@ -7,10 +7,9 @@ keras = pytest.importorskip("keras")
 
 from keras_cxr.config import TrainConfig  # noqa: E402
 from keras_cxr.errors import UserError  # noqa: E402
-from keras_cxr.models import get_preset  # noqa: E402
+from keras_cxr.recipes import build_model, get_preset  # noqa: E402
 from keras_cxr.models.lsgan import (  # noqa: E402
     LSGAN,
-    build_model,
     discriminator_loss,
     generator_loss,
     spatial_plan,
@@ -103,9 +102,11 @@ def test_architecture_scales_with_image_size(size, start, ups):
     assert tuple(model.discriminate(img).shape) == (1, 1)
 
 
-def test_unsupported_image_size_is_a_user_error():
-    with pytest.raises(UserError, match="image size 100"):
+def test_unsupported_image_size_is_a_keras_style_error():
+    with pytest.raises(ValueError, match="image_size=100"):
         LSGAN(image_size=100)
+    with pytest.raises(UserError, match="image_size=100"):  # through the recipe: the user's option
+        build_model(TrainConfig(model="lsgan", image_size=100))
 
 
 def test_original_preset_reproduces_the_original_architecture():

@@ -1,5 +1,6 @@
-"""TFDS manual-download builder `nih_chest_xray14`: built offline on real sample images, and checked
-with TFDS's own harness on fake examples generated here (tiny synthetic PNGs + CSV, no NIH image)."""
+"""TFDS manual-download builder `nih_chest_xray14`: built offline on real sample images, checked
+with TFDS's own harness on fake examples generated here (tiny synthetic PNGs + CSV, no NIH image),
+and built from a `keras-cxr prepare` folder of those fakes (the same examples as from the PNGs)."""
 
 import shutil
 import tempfile
@@ -85,6 +86,45 @@ class NihChestXray14HarnessTest(tfds.testing.DatasetBuilderTestCase):
     def tearDownClass(cls):
         super().tearDownClass()
         shutil.rmtree(cls._fake_root, ignore_errors=True)
+
+
+def _build(manual, data_dir):
+    builder = NihChestXray14(data_dir=str(data_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(manual), compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    out = {}
+    for split in builder.info.splits:
+        for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+            out[ex["image_index"].decode()] = (split, ex)
+    return builder, out
+
+
+def test_builds_from_a_prepared_folder_like_from_its_pngs(tmp_path):
+    """A `keras-cxr prepare` folder as manual_dir: the builder reads the shards with the shard reader
+    and yields the same examples (uint8 images, labels, ids, splits) as from the PNG folder it was
+    prepared from (the fake images are 10-12 px: prepare stores them unshrunk, 16-bit kept)."""
+    from keras_cxr.cli import main
+
+    _write_fake_manual_dir(tmp_path / "pngs")
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", "--data", str(tmp_path / "pngs"), "--out", str(prepared), "--images-per-shard", "5",
+                 "--quiet"]) == 0
+    assert len(list(prepared.glob("train-*.tfrecord"))) == 4  # several shards per split
+    _, from_pngs = _build(tmp_path / "pngs", tmp_path / "tfds-pngs")
+    builder, from_shards = _build(prepared, tmp_path / "tfds-prepared")
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 16, "val": 2, "test": 2}
+    assert sorted(from_shards) == sorted(from_pngs) and len(from_shards) == 20
+    sixteen_bit = 0
+    for name, (split, ex) in from_pngs.items():
+        split2, ex2 = from_shards[name]
+        assert split2 == split, name
+        assert ex2["image"].dtype == np.uint8 and ex2["image"].shape == ex["image"].shape, name
+        np.testing.assert_array_equal(ex2["image"], ex["image"], err_msg=name)
+        np.testing.assert_array_equal(ex2["labels"], ex["labels"], err_msg=name)
+        assert ex2["labels"].sum() >= 1  # No Finding set when nothing else is
+        assert (ex2["patient_id"], ex2["view"]) == (ex["patient_id"], ex["view"]), name
+        sixteen_bit += ex["image"].shape[:2] == (10, 12)
+    assert sixteen_bit == 4  # the 16-bit files went through the shards too
 
 
 def test_fake_data_is_not_nih(tmp_path):

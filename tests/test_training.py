@@ -130,22 +130,23 @@ def test_conditional_sample_grid_has_one_labelled_row_per_finding():
     assert grid[:, :100].max() > 0  # row labels are drawn
 
 
-def test_model_module_dataset_hook_replaces_the_default_pipeline(sample_records):
-    import types
-
+def test_encoder_dataset_replaces_the_default_pipeline(sample_records, monkeypatch):
     import tensorflow as tf
 
+    from keras_cxr import training
     from keras_cxr.config import TrainConfig
+    from keras_cxr.recipes import get_recipe
     from keras_cxr.training import make_datasets
 
     calls = []
 
-    def make_train_dataset(config, records, model):
+    def encoder_dataset(config, recipe, model, records):  # what a recipe with cached encodings gives
         calls.append(len(records))
         return tf.data.Dataset.from_tensors((tf.zeros((2, 4)), tf.zeros((2, 14))))
 
-    module = types.SimpleNamespace(make_train_dataset=make_train_dataset)
-    config = TrainConfig(steps_per_epoch=3)
-    train_ds, steps, val_ds = make_datasets(config, module, object(), sample_records, None, tf.distribute.get_strategy())
+    monkeypatch.setattr(training, "encoder_dataset", encoder_dataset)
+    config = TrainConfig(model="ldm", steps_per_epoch=3)
+    train_ds, steps, val_ds = make_datasets(config, get_recipe("ldm"), object(), sample_records, None,
+                                            tf.distribute.get_strategy())
     assert calls == [len(sample_records)] and steps == 3 and val_ds is None
     assert len(list(train_ds.take(5))) == 5  # repeated because steps_per_epoch is set

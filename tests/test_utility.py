@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pytest
 
-from custom_datasets.findings import FINDINGS
+from custom_datasets.findings import FINDINGS, LABELS
 
 TOY_SIZE = 32
 CARDIO, EFFUSION = FINDINGS.index("Cardiomegaly"), FINDINGS.index("Effusion")
@@ -185,6 +185,30 @@ def test_streaming_writer_round_trips_images_and_labels(tmp_path):
     # images of another size are resized to the classifier's
     small = next(iter(synthetic_dataset(tmp_path / "syn", image_size=8, shuffle=False)))[0]
     assert tuple(small.shape) == (8, 8, 1) and small.dtype == tf.float32
+    # the shards are keras-cxr's one format (that of `prepare`), parsed by custom_datasets.shards
+    ex = _shard_examples(tmp_path / "syn", manifest)
+    assert [e["image_index"] for e in ex] == [f"synthetic-{k:08d}.png" for k in range(7)]
+    assert {(e["patient_id"], e["view"]) for e in ex} == {("", "")}
+    want = np.zeros((7, len(LABELS)), np.int64)
+    want[::2, LABELS.index("Cardiomegaly")] = 1
+    want[1::2, LABELS.index("No Finding")] = 1  # no finding set -> No Finding, as in NIH's metadata
+    np.testing.assert_array_equal(np.stack([e["labels"] for e in ex]), want)
+
+
+def _shard_examples(folder, manifest):
+    """Every example of a utility folder, parsed with the shard format's own spec."""
+    import tensorflow as tf
+
+    from custom_datasets.shards import parse_examples
+
+    out = []
+    for shard in manifest["shards"]:
+        for batch in tf.data.TFRecordDataset(str(folder / shard)).batch(64):
+            ex = parse_examples(batch)
+            for k in range(len(ex["image"])):
+                out.append({n: (v[k].numpy().decode() if v.dtype == tf.string and n != "image" else v[k].numpy())
+                            for n, v in ex.items()})
+    return out
 
 
 def test_real_copies_repeat_the_pipeline_images_in_order(sample_records, tmp_path):
@@ -203,6 +227,12 @@ def test_real_copies_repeat_the_pipeline_images_in_order(sample_records, tmp_pat
     sub.attrs = dict(sample_records.attrs)
     ref = next(iter(make_dataset(sub, image_size=32, normalization="sigmoid", batch_size=6, shuffle=False)))[0]
     np.testing.assert_allclose(x, ref.numpy(), atol=0.5 / 255 + 1e-6)  # the same pixels, stored as uint8
+    # prepare's shard format; each copy keeps its source's image_index, patient_id and view
+    ex = _shard_examples(tmp_path / "over", manifest)
+    assert [e["image_index"] for e in ex] == list(sub["image_index"])
+    assert [e["patient_id"] for e in ex] == [str(v) for v in sub["patient_id"]]
+    assert [e["view"] for e in ex] == list(sub["view"])
+    np.testing.assert_array_equal(np.stack([e["labels"] for e in ex]), sub[list(LABELS)].to_numpy(np.int64))
 
 
 def test_top_up_plan_and_oversampling_use_real_rows_with_the_finding():
@@ -247,12 +277,12 @@ def export_untrained_conditional_lsgan(path, image_size=32):
     """A real export (keras_cxr.export.build_archive / export_config) of an untrained conditional LSGAN."""
     from keras_cxr.config import TrainConfig, with_preset
     from keras_cxr.export import build_archive, export_config
-    from keras_cxr.models import lsgan
+    from keras_cxr.recipes import build_model, get_preset
 
-    config = with_preset(TrainConfig(model="lsgan"), lsgan.PRESETS["conditional"])
+    config = with_preset(TrainConfig(model="lsgan"), get_preset("lsgan", "conditional"))
     config.image_size = image_size
     config.model_kwargs.update(g_filters=8, d_filters=8)
-    model = lsgan.build_model(config)
+    model = build_model(config)
     model.generate(np.zeros((1, *model.noise_shape), "float32"), np.zeros((1, 14), "float32"))
     archive, endpoints = build_archive(model)
     path.mkdir(parents=True)

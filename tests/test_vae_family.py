@@ -9,7 +9,7 @@ import keras
 from custom_datasets import make_dataset
 from keras_cxr.config import TrainConfig, with_preset
 from keras_cxr.errors import UserError
-from keras_cxr.models import get_model_module
+from keras_cxr.recipes import build_model, get_preset, get_recipe
 from keras_cxr.models.fs_gmvae import FSGMVAE
 from keras_cxr.models.gmvae import GMVAE
 from keras_cxr.models.vae import VAE
@@ -20,7 +20,7 @@ SMALL = dict(image_size=32, encoder_filters=(16, 32), decoder_filters=(32, 16), 
 
 
 def _config(model, preset, **model_kwargs):
-    cfg = with_preset(TrainConfig(model=model), get_model_module(model).PRESETS[preset])
+    cfg = with_preset(TrainConfig(model=model), get_preset(model, preset))
     cfg.model_kwargs.update(model_kwargs)
     return cfg
 
@@ -59,7 +59,7 @@ def _export_and_check(model, tmp_path, x, y):
 def test_default_preset_trains_roundtrips_and_exports(name, sample_records, tmp_path):
     x, y = _batch(sample_records, 64, 8)
     cfg = _config(name, "default")
-    model = get_model_module(name).build_model(cfg)
+    model = build_model(cfg)
     assert model.data_range == "sigmoid" and model.image_size == 64
     hist = model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False).history
     assert TRACKERS <= set(hist) and all(np.isfinite(v[-1]) for v in hist.values())
@@ -204,7 +204,7 @@ def test_fs_gmvae_labels_enter_the_kl_and_unconditional_sampling_works():
 def test_original_presets_build_and_train_one_step(name, preset, sample_records):
     """Full-size original configurations (weights=None): build and one (eager) train step, batch 2."""
     cfg = _config(name, preset, weights=None)
-    model = get_model_module(name).build_model(cfg)
+    model = build_model(cfg)
     kw = cfg.model_kwargs
     assert model.latent_dim == kw["latent_dim"] and model.image_size == cfg.image_size
     if "num_components" in kw:
@@ -222,7 +222,7 @@ def test_original_presets_build_and_train_one_step(name, preset, sample_records)
 def test_full_size_preset_roundtrip_and_export(sample_records, tmp_path):
     """gmvae-v4 at 224 px (VGG16 + transition + decoder 1): .keras round trip and export."""
     cfg = _config("gmvae", "gmvae-v4", weights=None)
-    model = get_model_module("gmvae").build_model(cfg)
+    model = build_model(cfg)
     x, y = _batch(sample_records, 224, 2)
     model.train_step((x, y))
     model.save(tmp_path / "v4.keras")
@@ -233,15 +233,21 @@ def test_full_size_preset_roundtrip_and_export(sample_records, tmp_path):
 
 
 def test_feature_cache_trains_on_cached_backbone_features(sample_records, tmp_path):
-    from keras_cxr import feature_cache
-    from keras_cxr.models import vae as vae_module
+    import tensorflow as tf
+
+    from keras_cxr.training import encoder_dataset, make_datasets
+
+    recipe = get_recipe("vae")
+
+    def train_ds(cfg, records, model):
+        return make_datasets(cfg, recipe, model, records, None, tf.distribute.get_strategy())[0]
 
     records = sample_records.iloc[:6]
     cfg = TrainConfig(model="vae", run_dir=str(tmp_path / "run"), batch_size=3, image_size=32)
     model = VAE(encoder="vgg16", weights=None, head="transition", decoder="linear", image_size=32, latent_dim=8, seed=0)
     model.compile(optimizer="adam")
-    ds = vae_module.make_train_dataset(cfg, records, model)
-    files = list((tmp_path / "run" / "feature_cache").glob("vgg16-random-32px-1ch-n6-*.npy"))
+    ds = train_ds(cfg, records, model)
+    files = list((tmp_path / "run" / "encoder_cache").glob("vgg16-random-32px-1ch-n6-*.npy"))
     assert len(files) == 1
     cached = np.load(files[0])
     x, _ = _batch(records, 32, 6)
@@ -254,26 +260,26 @@ def test_feature_cache_trains_on_cached_backbone_features(sample_records, tmp_pa
     hist = model.fit(ds, epochs=1, verbose=0).history
     assert np.isfinite(hist["loss"][-1]) and int(model.optimizer.iterations) == 2
     mtime = files[0].stat().st_mtime_ns
-    vae_module.make_train_dataset(cfg, records, model)  # second call reuses the cache
+    train_ds(cfg, records, model)  # second call reuses the cache
     assert files[0].stat().st_mtime_ns == mtime
     # a different split gets its own file; trainable encoders / augmentation do not cache
-    vae_module.make_train_dataset(cfg, sample_records.iloc[6:9], model)
-    assert len(list((tmp_path / "run" / "feature_cache").glob("*.npy"))) == 2
-    assert feature_cache.make_train_dataset(cfg, records, VAE(**SMALL)) is None
+    train_ds(cfg, sample_records.iloc[6:9], model)
+    assert len(list((tmp_path / "run" / "encoder_cache").glob("*.npy"))) == 2
+    assert encoder_dataset(cfg, recipe, VAE(**SMALL), records) is None
     cfg.augment = True
-    assert feature_cache.make_train_dataset(cfg, records, model) is None
+    assert encoder_dataset(cfg, recipe, model, records) is None
     cfg.augment, cfg.balance = False, "findings"
-    assert feature_cache.make_train_dataset(cfg, records, model) is None
+    assert encoder_dataset(cfg, recipe, model, records) is None
     with pytest.raises(UserError, match="steps-per-epoch"):
-        vae_module.make_train_dataset(cfg, records, model)
+        train_ds(cfg, records, model)
     cfg.balance = None
     # the hook falls back to the image pipeline for a trainable encoder
-    images, _ = next(iter(vae_module.make_train_dataset(cfg, records, VAE(**SMALL))))
+    images, _ = next(iter(train_ds(cfg, records, VAE(**SMALL))))
     assert images.shape == (3, 32, 32, 1)
 
 
 def test_bad_options_are_user_errors():
-    with pytest.raises(UserError, match="unknown encoder"):
+    with pytest.raises(ValueError, match="unknown encoder"):  # Keras style in the model, UserError via the recipe
         VAE(encoder="resnet", **SMALL)
     with pytest.raises(UserError, match="unknown decoder"):
         VAE(decoder="deconv", **SMALL)
@@ -282,7 +288,7 @@ def test_bad_options_are_user_errors():
     cfg = _config("vae", "default")
     cfg.compile_kwargs["lr"] = 0.1
     with pytest.raises(UserError, match="unknown compile option"):
-        get_model_module("vae").build_model(cfg)
+        build_model(cfg)
     cfg = _config("gmvae", "default", num_componentz=3)
     with pytest.raises(UserError, match="bad model option"):
-        get_model_module("gmvae").build_model(cfg)
+        build_model(cfg)

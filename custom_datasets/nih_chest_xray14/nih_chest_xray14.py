@@ -7,6 +7,14 @@ too, NIH's official test split is used; otherwise a seeded split by patient (0.8
 cases no patient is in two splits. CSV rows without an image are skipped (and logged); unreadable
 files are skipped by name (see `custom_datasets.sources.load_records`).
 
+`manual_dir` may instead be a folder written by `keras-cxr prepare` (it has `manifest.json`): the
+builder then reads keras-cxr's one shard format with its own reader (records from
+`custom_datasets.shards.load_shard_records`, PNGs streamed by `custom_datasets.shards.shard_source`,
+decoded like PNG files) and keeps the prepared splits as they are (train/val/test, or `all` for
+`prepare --split all`; a `--conditions` prepare keeps its filter). Images are then the stored
+ones (shorter side `size`, 256 by default): an image that needed no shrinking gives the same
+example either way.
+
 Features: `image` (grayscale uint8 [H, W, 1], stored as PNG; NIH's RGBA files converted),
 `labels` (uint8[15] multi-hot over `custom_datasets.findings.LABELS`: the 14 findings in fixed
 order, then No Finding), `image_index`, `patient_id`, `view` (PA/AP).
@@ -55,6 +63,7 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
     Data_Entry_2017_v2020.csv from https://nihcc.app.box.com/v/ChestXray-NIHCC (or run
     `keras-cxr download`), and put them in `manual_dir` (images in any sub-folder, the CSV at
     the top). Optionally add train_val_list.txt and test_list.txt for NIH's official split.
+    Or give a folder written by `keras-cxr prepare` (with its manifest.json) as `manual_dir`.
     """
     SPLIT_SEED = 0
 
@@ -82,9 +91,13 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        manual_dir = dl_manager.manual_dir
+        from custom_datasets.shards import MANIFEST
+
+        if (epath.Path(manual_dir) / MANIFEST).exists():
+            return self._prepared_splits(str(manual_dir))
         from custom_datasets.sources import load_records
 
-        manual_dir = dl_manager.manual_dir
         out = {}
         for split in ("train", "val", "test"):
             records = load_records(str(manual_dir), None, split=split, seed=self.SPLIT_SEED,
@@ -92,18 +105,45 @@ class NihChestXray14(tfds.core.GeneratorBasedBuilder):
             out[split] = self._generate_examples(records)
         return out
 
+    def _prepared_splits(self, folder):
+        from custom_datasets.shards import load_shard_records, read_manifest
+
+        manifest = read_manifest(folder)
+        if not manifest.get("has_labels", True):
+            from keras_cxr.errors import DataError
+
+            raise DataError(f"{folder} was prepared without labels; the TFDS builder needs the metadata CSV")
+        return {split: self._generate_shard_examples(load_shard_records(folder, split, seed=self.SPLIT_SEED))
+                for split in manifest["splits"]}
+
+    @staticmethod
+    def _example(image_index, img01, labels, patient_id, view):
+        return image_index, {
+            "image": tf.cast(tf.round(img01 * 255.0), tf.uint8).numpy(),
+            "labels": np.asarray(labels, np.uint8),
+            "image_index": image_index,
+            "patient_id": str(patient_id),
+            "view": str(view),
+        }
+
     def _generate_examples(self, records):
         from custom_datasets.pipeline import decode_png
 
         records = records.rename(columns={name: name.replace(" ", "_") for name in LABELS})
         for row in records.itertuples(index=False):
             img01 = decode_png(tf.io.read_file(row.path))  # gray (RGBA converted), 8- or 16-bit
-            image = tf.cast(tf.round(img01 * 255.0), tf.uint8).numpy()
-            labels = np.asarray([getattr(row, name.replace(" ", "_")) for name in LABELS], np.uint8)
-            yield row.image_index, {
-                "image": image,
-                "labels": labels,
-                "image_index": row.image_index,
-                "patient_id": str(row.patient_id),
-                "view": str(row.view),
-            }
+            labels = [getattr(row, name.replace(" ", "_")) for name in LABELS]
+            yield self._example(row.image_index, img01, labels, row.patient_id, row.view)
+
+    def _generate_shard_examples(self, records):
+        """Examples of a prepared split: the shard reader's (PNG, row) stream, decoded like a file."""
+        from custom_datasets.pipeline import decode_png
+        from custom_datasets.shards import shard_source
+
+        if not len(records):
+            return
+        labels = records[list(LABELS)].to_numpy(np.uint8)
+        source = shard_source(records, np.arange(len(records)), shuffle=False, seed=0, repeat=False)
+        for png, row in source.as_numpy_iterator():
+            r = records.iloc[int(row)]
+            yield self._example(str(r["image_index"]), decode_png(png), labels[int(row)], r["patient_id"], r["view"])

@@ -68,16 +68,12 @@ def run(args) -> int:
     data = resolve_demo_data(args.data)
 
     from keras_cxr.export import export_run
-    from keras_cxr.models import get_model_module
     from keras_cxr.sampling import load_generator
     from keras_cxr import grids
-    from keras_cxr.training import resolve_config, train
+    from keras_cxr.training import resolve_config, train, train_stages
 
     config = resolve_config(args.model, "default", run_dir=str(run_dir), data=str(data), epochs=args.epochs)
-    module = get_model_module(args.model)
-    prepare = getattr(module, "prepare_demo", None)  # two-stage models (ldm) train their first stage here
-    if prepare is not None:
-        config = prepare(config, Path(args.runs))
+    config = train_stages(config, Path(args.runs))  # two-stage models (ldm) train their first stage here
     print(f"demo: training {args.model} (preset default, {config.epochs} epochs, {config.image_size} px) "
           f"on {data} -> {run_dir}", flush=True)
     train(config, overwrite=True)

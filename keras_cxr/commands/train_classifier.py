@@ -30,25 +30,15 @@ def run(args) -> int:
     import math
     from pathlib import Path
 
-    from keras_cxr.config import TrainConfig, apply_overrides, with_preset
     from keras_cxr.errors import UserError
-    from keras_cxr.models import get_preset
-    from keras_cxr.models.classifier import train_classifier
+    from keras_cxr.training import resolve_config, train_classifier
 
     if args.split != "train":
         raise UserError("train-classifier always trains on the training split and validates on val; drop --split")
-    config = with_preset(TrainConfig(model="classifier"), get_preset("classifier", args.preset))
-    config.preset = args.preset
-    config.run_dir = args.run_dir
-    for field in ("data", "metadata", "split_seed", "max_images", "seed"):
-        setattr(config, field, getattr(args, field))
-    config.views = tuple(args.views or ())
-    config.conditions = tuple(args.conditions or ())
-    config.augment = bool(args.augment)
-    for field in ("image_size", "epochs", "batch_size"):
-        if getattr(args, field) is not None:
-            setattr(config, field, getattr(args, field))
-    apply_overrides(config, args.set)
+    fields = {f: getattr(args, f) for f in ("data", "metadata", "split_seed", "max_images", "seed", "image_size",
+                                             "epochs", "batch_size")}
+    config = resolve_config("classifier", args.preset, args.set, run_dir=args.run_dir, views=tuple(args.views or ()),
+                            conditions=tuple(args.conditions or ()), augment=bool(args.augment), **fields)
     if config.epochs < 1 or config.batch_size < 1 or config.image_size < 32:
         raise UserError("--epochs and --batch-size must be >= 1 and --image-size >= 32")
     from keras_cxr.fileio import check_output, read_json_file

@@ -17,6 +17,10 @@
 - a path: a `.keras` feature model (fed float32 images in [0, 1], resized to its input size, gray
   repeated to its channel count, output flattened), or a classifier export folder.
 
+Resizing (the keras.applications InceptionV3 and `.keras` feature models) is the image contract's
+one policy, `keras_cxr.images.resize_gray(..., fit="stretch")`: bilinear when enlarging (the usual
+case: model-size images into a 299 px network), area averaging when shrinking.
+
 An extractor is called on float32 [B, H, W, 1] batches in [0, 1] and returns float32 [B, D].
 """
 
@@ -27,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from keras_cxr.errors import UserError
-from keras_cxr.metrics._images import iter_batches, to_uint8
+from keras_cxr.images import to_uint8 as _to_uint8
+from keras_cxr.metrics._images import iter_batches
 
 INCEPTION_NOTOP = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"  # keras.applications, not FID
 
@@ -71,7 +76,7 @@ def fid_inception_extractor(weights=None) -> FeatureExtractor:
         return net(tf.repeat(x, 3, axis=-1), training=False)
 
     def call(images01):  # quantised to 0..255 first, like the reference pipelines' uint8 PNG input
-        return run(tf.constant(to_uint8(images01).astype(np.float32))).numpy()
+        return run(tf.constant(_to_uint8(images01, "sigmoid").astype(np.float32))).numpy()
 
     return FeatureExtractor("inception", call,
                             "FID InceptionV3 (TF inception-2015-12-05) pool_3 2048-d at 299 px")
@@ -97,9 +102,11 @@ def inception_extractor(weights=None) -> FeatureExtractor:
             "`keras-cxr weights fid-inception` and leave --inception-weights out"
         ) from None
 
+    from keras_cxr.images import resize_gray
+
     @tf.function(reduce_retracing=True)
     def run(x):
-        x = tf.image.resize(x, (299, 299), method="bilinear", antialias=True)
+        x = resize_gray(x, 299, fit="stretch")
         x = tf.repeat(x, 3, axis=-1) * 2.0 - 1.0  # inception preprocess_input: [-1, 1]
         return net(x, training=False)
 
@@ -109,16 +116,18 @@ def inception_extractor(weights=None) -> FeatureExtractor:
 
 def classifier_extractor(path) -> FeatureExtractor:
     """Penultimate features of a classifier export (`keras-cxr train-classifier --out PATH`)."""
-    from keras_cxr.models.classifier import load_classifier
+    from keras_cxr.sampling import load_classifier
 
     clf = load_classifier(path)
-    return FeatureExtractor("cxr", lambda x: clf.features(to_uint8(x)),
+    return FeatureExtractor("cxr", lambda x: clf.features(_to_uint8(x, "sigmoid")),
                             f"CXR finding classifier penultimate features ({clf.path.name}, {clf.feature_dim}-d)")
 
 
 def keras_model_extractor(path) -> FeatureExtractor:
     import keras
     import tensorflow as tf
+
+    from keras_cxr.images import resize_gray
 
     path = Path(path)
     try:
@@ -134,7 +143,7 @@ def keras_model_extractor(path) -> FeatureExtractor:
     def run(x):
         x = tf.constant(x)
         if h is not None and w is not None and (x.shape[1] != h or x.shape[2] != w):
-            x = tf.image.resize(x, (h, w), method="bilinear", antialias=True)
+            x = resize_gray(x, (h, w), fit="stretch")
         if c and c != 1:
             x = tf.repeat(x, c, axis=-1)
         return keras.ops.convert_to_numpy(model(x, training=False))

@@ -22,11 +22,12 @@ from keras_cxr.metrics._images import as_array, iter_batches
 
 def thumbnails(batch01, size: int = 32) -> np.ndarray:
     """Float [B, H, W, 1] -> zero-mean unit-norm flattened [B, size*size] (area downsampling)."""
-    import tensorflow as tf
 
     x = np.asarray(batch01, dtype=np.float32)
     if x.shape[1] != size or x.shape[2] != size:
-        x = tf.image.resize(x, (size, size), method="area").numpy()
+        from keras_cxr.images import resize_gray
+
+        x = resize_gray(x, size, fit="stretch").numpy()
     x = x.reshape(len(x), -1).astype(np.float64)
     x -= x.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(x, axis=1, keepdims=True)

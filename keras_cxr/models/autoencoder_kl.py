@@ -46,6 +46,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from keras_cxr.losses import focal_frequency_loss, gaussian_kl
+from keras_cxr.models.base import GeneratorModel
 from keras_cxr.unet import ResidualBlock, _groups
 
 
@@ -111,7 +112,7 @@ def build_patch_discriminator(image_size, channels, width=32, norm="none", name=
 
 
 @keras.saving.register_keras_serializable(package="keras_cxr")
-class AutoencoderKL(keras.Model):
+class AutoencoderKL(GeneratorModel):
     data_range = "sigmoid"
     supports_guidance = False
 
@@ -137,11 +138,11 @@ class AutoencoderKL(keras.Model):
     ):
         super().__init__(**kwargs)
         if recon not in ("l1", "l2"):
-            raise ValueError(f"recon must be 'l1' or 'l2', got {recon!r}")
+            raise ValueError(f"`recon` must be 'l1' or 'l2'. Received: recon={recon!r}")
         if disc_norm not in ("none", "batch"):
-            raise ValueError(f"disc_norm must be 'none' or 'batch', got {disc_norm!r}")
+            raise ValueError(f"`disc_norm` must be 'none' or 'batch'. Received: disc_norm={disc_norm!r}")
         if float(freq_weight) < 0:
-            raise ValueError(f"freq_weight must be >= 0, got {freq_weight}")
+            raise ValueError(f"`freq_weight` must be >= 0. Received: freq_weight={freq_weight}")
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.conditional = bool(conditional)  # the autoencoder itself ignores labels
@@ -240,13 +241,17 @@ class AutoencoderKL(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
-        x = data[0] if isinstance(data, (tuple, list)) else data
+        # each loss is differentiated / replicas (the optimizer SUM-all-reduces gradients); logs are unscaled
+        from keras_cxr.distribute import scale_loss, sum_over_replicas
+
+        x, _ = self.unpack(data)
         ae_vars = self.encoder.trainable_variables + self.decoder.trainable_variables
         if self.discriminator is None:
             with tf.GradientTape() as tape:
                 x_hat, rec, kl = self._losses_for(x, training=True)
                 loss = rec + self.kl_weight * kl
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, ae_vars), ae_vars))
+                scaled = scale_loss(loss)
+            self.optimizer.apply_gradients(zip(tape.gradient(scaled, ae_vars), ae_vars))
             return self._update(x, rec, kl, loss, x_hat)
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape(persistent=True) as tape:
@@ -257,15 +262,18 @@ class AutoencoderKL(keras.Model):
                 ops.mean(ops.relu(1.0 - self.discriminator(x, training=True)))
                 + ops.mean(ops.relu(1.0 + self.discriminator(ops.stop_gradient(x_hat), training=True)))
             )
+            scaled, g_scaled, d_scaled = scale_loss(loss), scale_loss(g_loss), scale_loss(d_loss)
         # d(loss + c * g_loss) = d loss + c * d g_loss with c held constant: two gradients, one combination
-        rec_grads = tape.gradient(loss, ae_vars)
-        adv_grads = tape.gradient(g_loss, ae_vars)
-        d_grads = tape.gradient(d_loss, d_vars)
+        rec_grads = tape.gradient(scaled, ae_vars)
+        adv_grads = tape.gradient(g_scaled, ae_vars)
+        d_grads = tape.gradient(d_scaled, d_vars)
         del tape
         on = ops.cast(self.optimizer.iterations >= self.disc_start, "float32")
         last = self._output_kernel_index(ae_vars)
-        lam = ops.clip(ops.norm(ops.reshape(rec_grads[last], (-1,)))
-                       / (ops.norm(ops.reshape(adv_grads[last], (-1,))) + 1e-4), 0.0, 1e4)
+        # lambda from the GLOBAL-batch gradients (summed over replicas), the same on every replica
+        rec_last, adv_last = sum_over_replicas(rec_grads[last]), sum_over_replicas(adv_grads[last])
+        lam = ops.clip(ops.norm(ops.reshape(rec_last, (-1,)))
+                       / (ops.norm(ops.reshape(adv_last, (-1,))) + 1e-4), 0.0, 1e4)
         weight = on * self.adversarial_weight * ops.stop_gradient(lam)
         grads = [r + weight * a for r, a in zip(rec_grads, adv_grads)]
         d_on = 1.0 if self.disc_warmup else on  # warm-up: D learns from step 0, G's term still waits for disc_start
@@ -279,7 +287,7 @@ class AutoencoderKL(keras.Model):
         return next(i for i, v in enumerate(ae_vars) if v is kernel)
 
     def test_step(self, data):
-        x = data[0] if isinstance(data, (tuple, list)) else data
+        x, _ = self.unpack(data)
         x_hat, rec, kl = self._losses_for(x, training=False)
         logs = self._update(x, rec, kl, rec + self.kl_weight * kl, x_hat)
         return {k: v for k, v in logs.items() if k not in ("d_loss", "g_loss", "adv_weight")}
@@ -304,67 +312,3 @@ class AutoencoderKL(keras.Model):
             "disc_warmup": self.disc_warmup,
             "seed": self.seed,
         }
-
-
-PRESETS = {
-    # CPU-sized: 64 px, 16x16x4 latent, ~7 minutes on the 500-image sample with 2 idle cores. The patch
-    # discriminator starts after 10 epochs of the sample (250 steps): on its test split it took the
-    # reconstructions' spectrum distance from 1.30 to 0.97 at 45 epochs (benchmarks/results/ldm.md).
-    "default": {
-        "image_size": 64,
-        "batch_size": 16,
-        "epochs": 45,
-        "sample_every": 15,
-        "model_kwargs": {"widths": [16, 32, 64], "num_res_blocks": 1, "latent_channels": 4, "kl_weight": 1e-6,
-                         "adversarial_weight": 0.5, "disc_start": 250},
-        "compile_kwargs": {"learning_rate": 1e-3},
-    },
-    # tiny: tests and smoke runs
-    "tiny": {
-        "image_size": 64,
-        "batch_size": 8,
-        "epochs": 1,
-        "model_kwargs": {"widths": [8, 16, 16], "num_res_blocks": 1},
-        "compile_kwargs": {"learning_rate": 1e-3},
-    },
-    # 128 px, 32x32x4 latent, with the patch discriminator; for GPUs.
-    "gpu-128": {
-        "image_size": 128,
-        "batch_size": 32,
-        "epochs": 100,
-        "model_kwargs": {"widths": [64, 128, 256], "num_res_blocks": 2, "adversarial_weight": 0.1, "disc_start": 5000},
-        "compile_kwargs": {"learning_rate": 2e-4},
-    },
-}
-
-
-def make_optimizer(compile_kwargs: dict):
-    """Adam from compile kwargs: learning_rate, beta_1, beta_2, weight_decay (AdamW when > 0), clipnorm."""
-    kw = dict(compile_kwargs or {})
-    lr = float(kw.pop("learning_rate", 2e-4))
-    beta_1 = float(kw.pop("beta_1", 0.9))
-    beta_2 = float(kw.pop("beta_2", 0.999))
-    wd = float(kw.pop("weight_decay", 0.0))
-    clipnorm = kw.pop("clipnorm", None)
-    kw.pop("jit_compile", None)
-    if kw:
-        from keras_cxr.errors import UserError
-
-        raise UserError(f"unknown compile option(s) {sorted(kw)}; known: learning_rate, beta_1, beta_2, weight_decay, clipnorm")
-    cls = keras.optimizers.AdamW if wd > 0 else keras.optimizers.Adam
-    extra = {"weight_decay": wd} if wd > 0 else {}
-    return cls(learning_rate=lr, beta_1=beta_1, beta_2=beta_2, clipnorm=clipnorm, **extra)
-
-
-def build_model(config) -> AutoencoderKL:
-    kwargs = dict(config.model_kwargs or {})
-    kwargs.setdefault("image_size", config.image_size)
-    kwargs.setdefault("channels", config.channels)
-    try:
-        model = AutoencoderKL(**kwargs)
-    except (TypeError, ValueError) as exc:
-        from keras_cxr.errors import UserError
-
-        raise UserError(f"autoencoder-kl model options {kwargs}: {exc}") from None
-    model.compile(optimizer=make_optimizer(config.compile_kwargs), jit_compile=bool(getattr(config, "jit_compile", False)))
-    return model

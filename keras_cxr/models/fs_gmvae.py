@@ -23,13 +23,6 @@ import keras
 from keras import ops
 
 from keras_cxr.models.gmvae import GMVAE, standard_normal_cdf
-from keras_cxr.models.vae import (  # noqa: F401 (training-system hooks)
-    build_vae_family,
-    default_preset,
-    make_train_dataset,
-    make_val_dataset,
-    original_preset,
-)
 
 _ABSENT = -1e9
 
@@ -75,16 +68,3 @@ class FSGMVAE(GMVAE):
     def compute_terms(self, images, labels=None, features=None, training=False):
         labels = self._labels(labels, ops.shape(images)[0])
         return super().compute_terms(images, labels, features, training)
-
-
-def build_model(config):
-    return build_vae_family(FSGMVAE, config)
-
-
-PRESETS = {
-    "default": default_preset(label_units=64),
-    # The original's FS variants (224 px, frozen VGG16, z 1000); K = 14 findings + No Finding.
-    "fs-gmvae-v1": original_preset("vgg16", "transition", "fc_fs", 1000, label_units=128),  # + label MLP
-    "fs-gmvae-v2": original_preset("vgg16", "flatten", "fc_fs", 1000, label_units=0),  # + raw labels
-    "fs-gmvae-v3": original_preset("vgg16", "flatten", "linear", 1000, label_units=0),  # V2 with decoder 1
-}

@@ -19,14 +19,7 @@ import keras
 from keras import ops
 
 from keras_cxr import losses
-from keras_cxr.models.vae import (  # noqa: F401 (training-system hooks)
-    VAE,
-    build_vae_family,
-    default_preset,
-    make_train_dataset,
-    make_val_dataset,
-    original_preset,
-)
+from keras_cxr.models.vae import VAE
 
 
 def standard_normal_cdf(x):
@@ -86,20 +79,3 @@ class GMVAE(VAE):
 
     def get_config(self):
         return {**super().get_config(), "num_components": self.num_components, "prior_init_scale": self.prior_init_scale}
-
-
-def build_model(config):
-    return build_vae_family(GMVAE, config)
-
-
-PRESETS = {
-    "default": default_preset(num_components=10),
-    "gmvae-v1": original_preset("vgg16", "transition", "fc", 1000, num_components=50),
-    "gmvae-v2": original_preset("vgg16", "flatten", "fc", 1000, num_components=50),
-    "gmvae-v3": original_preset("vgg16", "flatten", "linear", 1000, num_components=50),
-    "gmvae-v4": original_preset("vgg16", "transition", "linear", 1000, num_components=50),
-    "gmvae-v5": original_preset("vgg16", "flatten", "conv", 1000, num_components=50),
-    "gmvae-v6": original_preset("densenet121", "bn_maxpool", "conv", 2000, num_components=300),
-    "gmvae-v7": original_preset("vgg16", "flatten", "conv", 1000, num_components=50, decoder_activation="elu"),
-    "gmvae-v8": original_preset("vgg16", "bn_relu_maxpool", "conv", 5000, num_components=300),
-}

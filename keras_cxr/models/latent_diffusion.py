@@ -22,17 +22,15 @@ Exported SavedModels therefore contain the whole loop and the decoder.
 The model holds a full copy of the frozen autoencoder (its config is nested in this model's config,
 its weights are saved in this model's .keras), so a saved LDM needs nothing else to sample.
 
-Latent caching: the training system calls `make_train_dataset(config, records, model)` (defined
-below): the training images are encoded ONCE with the frozen encoder and the posterior moments
-(mean and log-variance, so each epoch can draw a fresh posterior sample z = mean + std * eps, as
-the reference implementation does) and labels are cached to RUN_DIR/latent_cache.npz; training then
-reads the cache. Augmentation is not applied to cached latents.
+Latent caching (recipe input kind `latents`, keras_cxr/encoder_cache.py): the training images are
+encoded ONCE with the frozen encoder and the posterior moments (mean and log-variance, so each
+epoch can draw a fresh posterior sample z = mean + std * eps, as the reference implementation
+does) are cached in RUN_DIR/encoder_cache/; `train_step` takes `(moments, labels)` batches.
+Augmentation is not applied to cached latents. `latent_scale` (1 / std of z) is measured on the
+cache when the model has none (`latent_scale_from_moments`).
 """
 
 from __future__ import annotations
-
-import hashlib
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -40,12 +38,13 @@ import tensorflow as tf
 from keras import ops
 
 from keras_cxr import diffusion
-from keras_cxr.models.autoencoder_kl import AutoencoderKL, make_optimizer
+from keras_cxr.models.autoencoder_kl import AutoencoderKL
+from keras_cxr.models.base import GeneratorModel
 from keras_cxr.unet import build_unet
 
 
 @keras.saving.register_keras_serializable(package="keras_cxr")
-class LatentDiffusion(keras.Model):
+class LatentDiffusion(GeneratorModel):
     data_range = "sigmoid"  # the autoencoder's
     supports_guidance = True
 
@@ -75,18 +74,22 @@ class LatentDiffusion(keras.Model):
     ):
         super().__init__(**kwargs)
         if schedule not in diffusion.SCHEDULES:
-            raise ValueError(f"schedule must be one of {diffusion.SCHEDULES}, got {schedule!r}")
+            raise ValueError(f"`schedule` must be one of {diffusion.SCHEDULES}. Received: schedule={schedule!r}")
         if prediction not in diffusion.PREDICTIONS:
-            raise ValueError(f"prediction must be one of {diffusion.PREDICTIONS}, got {prediction!r}")
+            raise ValueError(f"`prediction` must be one of {diffusion.PREDICTIONS}. Received: prediction={prediction!r}")
         if sampler not in diffusion.SAMPLERS:
             raise ValueError(f"sampler must be one of {diffusion.SAMPLERS}. Received: sampler={sampler!r}")
         self.sampler = sampler
-        ae_config = dict(autoencoder or {"image_size": image_size, "channels": channels})
+        trained = autoencoder if isinstance(autoencoder, AutoencoderKL) else None  # copy its weights below
+        ae_config = dict(trained.get_config() if trained is not None else autoencoder or
+                         {"image_size": image_size, "channels": channels})
         if "class_name" in ae_config and "config" in ae_config:  # a full serialized object
             ae_config = dict(ae_config["config"])
         ae_config.setdefault("name", "autoencoder")
         ae_config.pop("trainable", None)  # frozen below; a constructor flag would not reach sublayers
         self.autoencoder = AutoencoderKL(**ae_config)
+        if trained is not None:
+            self.autoencoder.set_weights(trained.get_weights())
         self.autoencoder.trainable = False
         self.image_size = self.autoencoder.image_size
         self.channels = self.autoencoder.channels
@@ -235,10 +238,7 @@ class LatentDiffusion(keras.Model):
         return mean + ops.exp(0.5 * log_var) * eps
 
     def _diffusion_inputs(self, data):
-        if isinstance(data, (tuple, list)):
-            x, y = data[0], (data[1] if len(data) > 1 else None)
-        else:
-            x, y = data, None
+        x, y = self.unpack(data)
         z0 = ops.stop_gradient(self.latents_from_batch(x)) * self._scale()
         b = ops.shape(z0)[0]
         t = keras.random.randint((b,), 0, self.timesteps, dtype="int32", seed=self.seed_generator)
@@ -257,11 +257,14 @@ class LatentDiffusion(keras.Model):
         return inputs, target
 
     def train_step(self, data):
+        from keras_cxr.distribute import scale_loss
+
         inputs, target = self._diffusion_inputs(data)
         variables = self.denoiser.trainable_variables
         with tf.GradientTape() as tape:
             loss = diffusion.diffusion_loss(self.denoiser(inputs, training=True), target)
-        grads = tape.gradient(loss, variables)
+            scaled = scale_loss(loss)  # / replicas: the optimizer SUM-all-reduces the gradients
+        grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         # EMA with the usual warm-up: decay_eff = min(decay, (1 + n) / (10 + n))
         n = ops.cast(self.optimizer.iterations, "float32")
@@ -304,204 +307,9 @@ class LatentDiffusion(keras.Model):
         }
 
 
-# model_kwargs that training measures and records in config.json (make_train_dataset below): resuming
-# an interrupted run takes them from there (keras_cxr.training._prepare_run_dir)
-MEASURED_MODEL_KWARGS = ("latent_scale",)
-
-PRESETS = {
-    # CPU-sized: 64 px (16x16x4 latents of the autoencoder-kl "default" preset), 500-image sample,
-    # ~9 minutes on 2 idle CPU cores (1,300 steps; at 30 epochs the loss was still falling). Sample
-    # grids only at the end (a conditional grid is 15 rows x 8 images x 2 guidance branches x DDIM
-    # steps of U-Net calls).
-    "default": {
-        "image_size": 64,
-        "batch_size": 32,
-        "epochs": 100,
-        "sample_every": 100,
-        "model_kwargs": {
-            "widths": [64, 96, 128],
-            "num_res_blocks": 1,
-            "attention": True,
-            "schedule": "cosine",
-            "prediction": "v",
-            "label_dropout": 0.1,
-            "ema_decay": 0.995,
-            "sampling_steps": 25,
-            "guidance": 2.0,
-        },
-        "compile_kwargs": {"learning_rate": 5e-4},
-    },
-    "tiny": {
-        "image_size": 64,
-        "batch_size": 8,
-        "epochs": 1,
-        "model_kwargs": {"widths": [16, 32], "num_res_blocks": 1, "sampling_steps": 5},
-        "compile_kwargs": {"learning_rate": 1e-3},
-    },
-    "gpu-128": {
-        "image_size": 128,
-        "batch_size": 64,
-        "epochs": 300,
-        "model_kwargs": {"widths": [128, 256, 256, 384], "num_res_blocks": 2, "ema_decay": 0.9999, "dropout": 0.1},
-        "compile_kwargs": {"learning_rate": 1e-4},
-    },
-}
-
-
-# ---------------------------------------------------------------------------- building
-def find_autoencoder_file(path) -> Path:
-    """`runs/AE`, `saved_models/AE` (folders holding model.keras) or a .keras file."""
-    from keras_cxr.errors import UserError
-
-    if not path:
-        raise UserError("the ldm model needs --autoencoder PATH: a trained autoencoder-kl run dir or export")
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / "model.keras"
-    if not p.is_file():
-        raise UserError(f"--autoencoder {path}: no model.keras there (train one with `keras-cxr train --model autoencoder-kl`)")
-    return p
-
-
-def load_autoencoder(path) -> AutoencoderKL:
-    from keras_cxr.errors import UserError
-
-    file = find_autoencoder_file(path)
-    try:
-        ae = keras.saving.load_model(file, compile=False)
-    except Exception as exc:  # noqa: BLE001 - any load failure is the user's file
-        raise UserError(f"--autoencoder {path}: cannot load {file}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(ae, AutoencoderKL):
-        raise UserError(f"--autoencoder {path}: {file} holds a {type(ae).__name__}, not an autoencoder-kl model")
-    return ae
-
-
-def build_model(config) -> LatentDiffusion:
-    from keras_cxr.errors import UserError
-
-    kwargs = dict(config.model_kwargs or {})
-    ae = load_autoencoder(config.autoencoder or kwargs.pop("autoencoder_path", None))
-    if config.image_size != ae.image_size or config.channels != ae.channels:
-        raise UserError(
-            f"--autoencoder {config.autoencoder} was trained at {ae.image_size} px x {ae.channels} ch; "
-            f"this run asks for {config.image_size} px x {config.channels} ch (pass --image-size {ae.image_size})"
-        )
-    kwargs["autoencoder"] = ae.get_config()
-    kwargs["image_size"], kwargs["channels"] = ae.image_size, ae.channels
-    try:
-        model = LatentDiffusion(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"ldm model options: {exc}") from None
-    model.autoencoder.set_weights(ae.get_weights())
-    model.compile(optimizer=make_optimizer(config.compile_kwargs), jit_compile=bool(getattr(config, "jit_compile", False)))
-    return model
-
-
-# ---------------------------------------------------------------------------- latent caching
-def _fingerprint(records, model) -> str:
-    h = hashlib.sha1()
-    h.update(f"{model.image_size}x{model.channels}".encode())
-    from keras_cxr.feature_cache import record_keys
-
-    for p in sorted(record_keys(records)):
-        h.update(p.encode())
-    for w in model.autoencoder.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
-
-
-def encode_records(model, records, batch_size=64):
-    """Posterior moments [N, h, w, 2c] (mean | log_var) and labels [N, K] of `records`."""
-    from custom_datasets.pipeline import make_dataset
-
-    ds = make_dataset(
-        records, image_size=model.image_size, channels=model.channels, normalization=model.data_range,
-        batch_size=batch_size, shuffle=False, with_labels=True, deterministic=True,
-    )
-    encoder = tf.function(lambda x: model.autoencoder.encoder(x, training=False))
-    bar = keras.utils.Progbar(len(records), unit_name="image")
-    moments, labels = [], []
-    for x, y in ds:
-        m = encoder(x).numpy()
-        mean, log_var = np.split(m, 2, axis=-1)
-        moments.append(np.concatenate([mean, np.clip(log_var, -30.0, 20.0)], -1))
-        labels.append(y.numpy())
-        bar.add(len(m))
-    return np.concatenate(moments).astype("float32"), np.concatenate(labels).astype("float32")
-
-
+# ---------------------------------------------------------------------------- latent scale
 def latent_scale_from_moments(moments, seed=0) -> float:
     """1 / std of posterior samples z = mean + exp(log_var / 2) * eps over all elements."""
     mean, log_var = np.split(np.asarray(moments, np.float64), 2, axis=-1)
     z = mean + np.exp(0.5 * log_var) * np.random.default_rng(seed).standard_normal(mean.shape)
     return float(1.0 / max(z.std(), 1e-8))
-
-
-def make_train_dataset(config, records, model):
-    """Training-system hook: encode `records` once, cache to RUN_DIR/latent_cache.npz, train on it.
-
-    Also measures latent_scale when the model has none yet and records it in config.model_kwargs.
-    """
-    cache = Path(config.run_dir) / "latent_cache.npz"
-    key = _fingerprint(records, model)
-    moments = labels = None
-    if cache.is_file():
-        with np.load(cache) as f:
-            if str(f["key"]) == key:
-                moments, labels = f["moments"], f["labels"]
-                print(f"latent cache: {cache} ({len(moments)} latents)")
-    if moments is None:
-        print(f"encoding {len(records)} training images with the frozen autoencoder -> {cache}")
-        moments, labels = encode_records(model, records)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name("latent_cache.tmp.npz")
-        np.savez(tmp, moments=moments, labels=labels, key=np.array(key))
-        tmp.replace(cache)
-    scale = float(keras.ops.convert_to_numpy(model.latent_scale))
-    if scale <= 0:
-        scale = latent_scale_from_moments(moments, seed=config.seed)
-        model.set_latent_scale(scale)
-        print(f"latent_scale = 1/std(z) = {scale:.5f}")
-    config.model_kwargs["latent_scale"] = scale
-    if model.conditional and labels.shape[1] != model.num_classes:
-        from keras_cxr.errors import UserError
-
-        raise UserError(f"the data has {labels.shape[1]} label columns but the ldm has num_classes={model.num_classes}")
-    if not model.conditional:
-        labels = np.zeros((len(labels), model.num_classes), "float32")
-    ds = tf.data.Dataset.from_tensor_slices((moments, labels))
-    ds = ds.shuffle(len(moments), seed=config.seed, reshuffle_each_iteration=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def make_val_dataset(config, records, model):
-    """Training-system hook: validation on images (encoded in test_step; the val split is small)."""
-    from custom_datasets.pipeline import make_dataset
-
-    if records is None or len(records) == 0:
-        return None
-    return make_dataset(
-        records, image_size=model.image_size, channels=model.channels, normalization=model.data_range,
-        batch_size=min(config.batch_size, len(records)), shuffle=False, with_labels=True, deterministic=True,
-    )
-
-
-# ---------------------------------------------------------------------------- demo
-def prepare_demo(config, runs_dir):
-    """`keras-cxr demo --model ldm` hook: train (or reuse) the first stage, the autoencoder-kl
-    "default" preset, in RUNS/demo-autoencoder-kl and point the LDM config at it."""
-    import json
-
-    from keras_cxr.training import resolve_config, train
-
-    ae_dir = Path(runs_dir) / "demo-autoencoder-kl"
-    run_json = ae_dir / "run.json"
-    done = run_json.is_file() and json.loads(run_json.read_text()).get("completed") and (ae_dir / "model.keras").is_file()
-    if done:
-        print(f"demo: reusing the trained autoencoder {ae_dir}", flush=True)
-    else:
-        ae_config = resolve_config("autoencoder-kl", "default", run_dir=str(ae_dir), data=config.data)
-        print(f"demo: stage 1/2, training autoencoder-kl ({ae_config.epochs} epochs) -> {ae_dir}", flush=True)
-        train(ae_config)  # resumes an interrupted stage-1 run with the same config
-    config.autoencoder = str(ae_dir)
-    return config

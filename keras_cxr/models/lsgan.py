@@ -28,7 +28,7 @@ import math
 import keras
 from keras import layers, ops
 
-from keras_cxr.errors import UserError
+from keras_cxr.models.base import GeneratorModel, check_choice
 
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 224, 256)
 DISCRIMINATORS = ("conv", "vgg16", "densenet121")
@@ -50,10 +50,8 @@ def generator_loss(d_fake):
 def spatial_plan(image_size: int):
     """(s0, n): start size and number of 2x up/down samplings with s0 * 2**n == image_size."""
     if image_size not in SUPPORTED_IMAGE_SIZES:
-        raise UserError(
-            f"image size {image_size} not supported by lsgan; use one of "
-            f"{', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"
-        )
+        raise ValueError(f"`image_size` must be one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} for the lsgan. "
+                         f"Received: image_size={image_size}")
     s0 = 7 if image_size % 7 == 0 else 4
     return s0, int(round(math.log2(image_size // s0)))
 
@@ -165,7 +163,7 @@ def build_projected_discriminator(image_size=64, channels=1, conditional=False, 
 
 # --------------------------------------------------------------------------- the model
 @keras.saving.register_keras_serializable(package="keras_cxr")
-class LSGAN(keras.Model):
+class LSGAN(GeneratorModel):
     """Generator + discriminator trained with the least-squares GAN objectives."""
 
     data_range = "tanh"
@@ -178,14 +176,11 @@ class LSGAN(keras.Model):
                  ada_speed_images=20_000, ada_interval=4, **kwargs):
         super().__init__(**kwargs)
         from keras_cxr.diffaugment import POLICY, AdaptiveAugment, parse_policy
-        if noise not in ("normal", "uniform"):
-            raise UserError(f"lsgan noise must be 'normal' or 'uniform', got {noise!r}")
-        if norm not in NORMS:
-            raise UserError(f"lsgan norm must be one of {NORMS}, got {norm!r}")
-        if discriminator not in DISCRIMINATORS:
-            raise UserError(f"lsgan discriminator must be one of {DISCRIMINATORS}, got {discriminator!r}")
+        check_choice("noise", noise, ("normal", "uniform"))
+        check_choice("norm", norm, NORMS)
+        check_choice("discriminator", discriminator, DISCRIMINATORS)
         if int(g_steps) < 1:
-            raise UserError(f"lsgan g_steps must be >= 1, got {g_steps}")
+            raise ValueError(f"`g_steps` must be >= 1. Received: g_steps={g_steps}")
         spatial_plan(int(image_size))
         self.image_size, self.channels = int(image_size), int(channels)
         self.latent_dim, self.noise = int(latent_dim), noise
@@ -195,16 +190,13 @@ class LSGAN(keras.Model):
         self.discriminator_type, self.backbone_weights = discriminator, backbone_weights
         self.head_filters = int(head_filters)
         # DiffAugment before D (real and generated alike); ADA tunes its probability p from r_t
-        try:
-            policy = parse_policy(augment)
-            if ada_target is not None and not policy:
-                policy = POLICY
-            if not 0.0 <= float(augment_p) <= 1.0:
-                raise ValueError(f"augment_p must be in [0, 1]. Received: augment_p={augment_p}")
-            self.ada = None if ada_target is None else AdaptiveAugment(
-                self, target=ada_target, speed_images=ada_speed_images, interval=ada_interval)
-        except ValueError as exc:
-            raise UserError(f"lsgan: {exc}") from None
+        policy = parse_policy(augment)
+        if ada_target is not None and not policy:
+            policy = POLICY
+        if not 0.0 <= float(augment_p) <= 1.0:
+            raise ValueError(f"augment_p must be in [0, 1]. Received: augment_p={augment_p}")
+        self.ada = None if ada_target is None else AdaptiveAugment(
+            self, target=ada_target, speed_images=ada_speed_images, interval=ada_interval)
         self.augment_policy, self.augment_p = policy, float(augment_p)
         self.ada_target = None if ada_target is None else float(ada_target)
         self.ada_speed_images, self.ada_interval = int(ada_speed_images), int(ada_interval)
@@ -308,25 +300,15 @@ class LSGAN(keras.Model):
         self.compile(g_optimizer=config["g_optimizer"], d_optimizer=config["d_optimizer"])
 
     # ---- training
-    @staticmethod
-    def _unpack(data):
-        if isinstance(data, (tuple, list)):
-            return data[0], (data[1] if len(data) > 1 else None)
-        return data, None
-
-    def _replica_scale(self):
-        import tensorflow as tf  # gradients are SUM-all-reduced across replicas by the optimizer
-
-        return 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-
     def train_step(self, data):
         import tensorflow as tf
 
-        images, labels = self._unpack(data)
+        from keras_cxr.distribute import scale_loss  # / replicas: optimizers SUM-all-reduce gradients
+
+        images, labels = self.unpack(data)
         if not self.conditional:
             labels = None
         batch = ops.shape(images)[0]
-        scale = self._replica_scale()
 
         # discriminator step: real -> 1, fake -> 0
         noise = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
@@ -335,7 +317,7 @@ class LSGAN(keras.Model):
             d_real = self.discriminate(self.augment(images), labels, training=True)
             d_fake = self.discriminate(self.augment(fake), labels, training=True)
             d_loss = discriminator_loss(d_real, d_fake)
-            scaled = d_loss * scale
+            scaled = scale_loss(d_loss)
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
         if self.ada is not None:
@@ -349,13 +331,13 @@ class LSGAN(keras.Model):
                 g_out = self.discriminate(self.augment(self.generate(noise, labels, training=True)), labels,
                                           training=True)
                 g_loss = generator_loss(g_out)
-                scaled = g_loss * scale
+                scaled = scale_loss(g_loss)
             self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
 
         return self._update(d_loss, g_loss, d_real, d_fake)
 
     def test_step(self, data):
-        images, labels = self._unpack(data)
+        images, labels = self.unpack(data)
         if not self.conditional:
             labels = None
         noise = keras.random.normal((ops.shape(images)[0], self.latent_dim), seed=self.seed_generator)
@@ -395,64 +377,3 @@ class LSGAN(keras.Model):
         return config
 
 
-# --------------------------------------------------------------------------- presets and builder
-PRESETS = {
-    # CPU-sized: 64 px, trains in a few CPU minutes on the 500-image sample
-    "default": {
-        "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5,
-        "model_kwargs": {"latent_dim": 100, "noise": "normal", "g_filters": 32, "d_filters": 32, "g_steps": 1,
-                         "norm": "spectral"},
-        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
-    },
-    # the original project's LSGAN: 128 px grayscale, z = 2048 uniform(-1, 1), G 512->256->128->64->32->1,
-    # D 32->64->128->256->512 with BN + LeakyReLU(0.2), no sigmoid, Adam 2e-4 beta1 0.5, 3 G steps per
-    # D step, batch 64
-    "original": {
-        "image_size": 128, "batch_size": 64, "epochs": 100, "sample_every": 5,
-        "model_kwargs": {"latent_dim": 2048, "noise": "uniform", "g_filters": 32, "d_filters": 32,
-                         "max_filters": 512, "norm": "batch", "g_steps": 3},
-        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
-    },
-    # 14-finding conditional LSGAN (label embedding into G, projection discriminator), 64 px
-    "conditional": {
-        "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5,
-        "model_kwargs": {"latent_dim": 100, "conditional": True, "embed_dim": 32, "norm": "spectral"},
-        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
-    },
-    # little data: DiffAugment (translation, cutout, brightness, contrast) before D on real and generated
-    # images, its probability p tuned by ADA toward r_t = 0.6 (p can go 0 -> 1 in 20k images = 50 epochs)
-    "ada": {
-        "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5,
-        "model_kwargs": {"latent_dim": 100, "noise": "normal", "g_filters": 32, "d_filters": 32, "g_steps": 1,
-                         "norm": "spectral", "ada_target": 0.6, "ada_speed_images": 20_000},
-        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
-    },
-    "conditional-ada": {
-        "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5,
-        "model_kwargs": {"latent_dim": 100, "conditional": True, "embed_dim": 32, "norm": "spectral",
-                         "ada_target": 0.6, "ada_speed_images": 20_000},
-        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
-    },
-    # projected-GAN discriminator on frozen VGG16 features (ImageNet weights when available)
-    "projected-vgg16": {
-        "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5, "channels": 1,
-        "model_kwargs": {"latent_dim": 100, "discriminator": "vgg16", "backbone_weights": "imagenet",
-                         "norm": "spectral"},
-        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
-    },
-}
-
-_MODEL_KEYS = {"latent_dim", "noise", "conditional", "num_classes", "embed_dim", "g_filters", "d_filters",
-               "max_filters", "norm", "g_steps", "discriminator", "backbone_weights", "head_filters",
-               "augment", "augment_p", "ada_target", "ada_speed_images", "ada_interval"}
-_COMPILE_KEYS = {"g_learning_rate", "d_learning_rate", "beta_1", "beta_2"}
-
-
-def build_model(config) -> LSGAN:
-    """An LSGAN built from a TrainConfig and compiled with config.compile_kwargs."""
-    from keras_cxr.config import check_options
-
-    check_options("lsgan", config, _MODEL_KEYS, _COMPILE_KEYS)
-    model = LSGAN(image_size=config.image_size, channels=config.channels, **config.model_kwargs)
-    model.compile(jit_compile=bool(config.jit_compile), **config.compile_kwargs)
-    return model

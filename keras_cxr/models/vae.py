@@ -17,8 +17,9 @@ the Bernoulli likelihood uses in training.
 
 The GMVAE (gmvae.py) and FS-GMVAE (fs_gmvae.py) subclass this model and change the prior only.
 
-With a frozen backbone, `make_train_dataset(config, records, model)` (the training system's optional
-hook) trains on cached backbone features; `train_step` accepts `({"images", "features"}, labels)`.
+With a frozen backbone the training system (recipe input kind `backbone_features`,
+keras_cxr/encoder_cache.py) trains on cached backbone features; `train_step` accepts
+`({"images", "features"}, labels)` as well as `(images, labels)`.
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ from keras import ops
 from keras_cxr import losses
 from keras_cxr.backbones import BACKBONES, build_backbone
 from keras_cxr.blocks import build_conv_encoder, build_decoder, build_encoder_head
-from keras_cxr.errors import UserError
+from keras_cxr.models.base import GeneratorModel, check_choice
 
 ENCODERS = ("conv",) + BACKBONES
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 @keras.saving.register_keras_serializable(package="keras_cxr")
-class VAE(keras.Model):
+class VAE(GeneratorModel):
     """Variational autoencoder on [0, 1] chest X-rays. See the module docstring."""
 
     data_range = "sigmoid"
@@ -74,11 +75,10 @@ class VAE(keras.Model):
         super().__init__(**kwargs)
         encoder = str(encoder).lower()
         if encoder not in ENCODERS:
-            raise UserError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
-        if likelihood not in LIKELIHOODS:
-            raise UserError(f"unknown likelihood {likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
+            raise ValueError(f"unknown encoder: `encoder` must be one of {', '.join(ENCODERS)}. Received: encoder={encoder!r}")
+        check_choice("likelihood", likelihood, LIKELIHOODS)
         if float(variance) <= 0:
-            raise UserError(f"variance must be > 0, got {variance}")
+            raise ValueError(f"`variance` must be > 0. Received: variance={variance}")
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.latent_dim = int(latent_dim)
@@ -204,7 +204,9 @@ class VAE(keras.Model):
 
     def sample(self, num_samples, labels=None, seed=0):
         """Draw `num_samples` images (numpy float32 in [0, 1]) with a seeded numpy RNG."""
-        noise = np.random.default_rng(seed).standard_normal((int(num_samples),) + self.noise_shape).astype("float32")
+        from keras_cxr.images import noise as seeded_noise
+
+        noise = seeded_noise((int(num_samples),) + tuple(self.noise_shape), seed)
         if labels is not None:
             labels = np.broadcast_to(np.asarray(labels, "float32"), (int(num_samples), self.num_classes))
         return ops.convert_to_numpy(self.generate(noise, labels))
@@ -229,11 +231,7 @@ class VAE(keras.Model):
     @staticmethod
     def _unpack(data):
         """(x, y) | x, with x = images or {"images", "features"} -> (images, labels, features)."""
-        if isinstance(data, (tuple, list)):
-            x = data[0]
-            y = data[1] if len(data) > 1 else None
-        else:
-            x, y = data, None
+        x, y = GeneratorModel.unpack(data)
         if isinstance(x, dict):
             return x["images"], y, x.get("features")
         return x, y, None
@@ -261,6 +259,8 @@ class VAE(keras.Model):
     def train_step(self, data):
         import tensorflow as tf
 
+        from keras_cxr.distribute import scale_loss
+
         images, labels, features = self._unpack(data)
         beta = self.current_beta()
         with tf.GradientTape() as tape:
@@ -269,8 +269,7 @@ class VAE(keras.Model):
             loss = rec + beta * kl
             if self.losses:
                 loss = loss + ops.sum(self.losses)
-            # the optimizer SUM-all-reduces gradients over replicas: scale to the global-batch mean
-            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = scale_loss(loss)  # / replicas: the optimizer SUM-all-reduces the gradients
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._update(loss, rec, kl, beta)
@@ -322,151 +321,3 @@ class VAE(keras.Model):
         return cls(**config, load_backbone_weights=False)
 
 
-# ---- registry hooks --------------------------------------------------------------------------
-_OPTIMIZER_KEYS = ("learning_rate", "beta_1", "beta_2", "epsilon", "clipnorm", "clipvalue", "weight_decay")
-_MODEL_KEYS_IN_COMPILE = ("beta", "kl_warmup_steps")
-
-
-def num_classes_for(config):
-    """Label width: the staged `conditions` if any, else the 14 findings (or model_kwargs')."""
-    if config.conditions:
-        return len(config.conditions)
-    return int(config.model_kwargs.get("num_classes", 14))
-
-
-def build_vae_family(cls, config):
-    """Construct `cls` from a TrainConfig and compile it with Adam(config.compile_kwargs).
-    `beta` / `kl_warmup_steps` may be given in model_kwargs or compile_kwargs."""
-    compile_kwargs = dict(config.compile_kwargs)
-    model_kwargs = dict(config.model_kwargs)
-    for key in _MODEL_KEYS_IN_COMPILE:
-        if key in compile_kwargs:
-            model_kwargs[key] = compile_kwargs.pop(key)
-    unknown = sorted(set(compile_kwargs) - set(_OPTIMIZER_KEYS) - {"jit_compile"})
-    if unknown:
-        raise UserError(f"unknown compile option(s) {unknown} for {config.model}; known: {list(_OPTIMIZER_KEYS + _MODEL_KEYS_IN_COMPILE)}")
-    model_kwargs["num_classes"] = num_classes_for(config)
-    model_kwargs.setdefault("seed", config.seed)
-    try:
-        model = cls(image_size=config.image_size, channels=config.channels, **model_kwargs)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ValueError) and "keyword" not in str(exc):
-            raise
-        raise UserError(f"bad model option for {config.model} (--set model.X): {exc}") from None
-    jit = compile_kwargs.pop("jit_compile", config.jit_compile)
-    optimizer = keras.optimizers.Adam(**{"learning_rate": 1e-3, **compile_kwargs})
-    model.compile(optimizer=optimizer, jit_compile=bool(jit))
-    return model
-
-
-def build_model(config):
-    return build_vae_family(VAE, config)
-
-
-def _image_dataset(config, records, model, *, train):
-    from custom_datasets import make_dataset
-
-    balance = config.balance if train else None
-    if balance and not config.steps_per_epoch:
-        raise UserError("--balance makes an endless class-balanced stream: also pass --steps-per-epoch")
-    fits = not balance and len(records) * config.image_size**2 * config.channels * 4 <= 2 * 1024**3
-    return make_dataset(
-        records,
-        image_size=model.image_size,
-        channels=model.channels,
-        normalization=model.data_range,
-        batch_size=config.batch_size if train else min(config.batch_size, len(records)),
-        shuffle=train,
-        seed=config.seed,
-        cache=fits,
-        deterministic=config.deterministic,
-        drop_remainder=True,
-        augment=bool(train and config.augment),
-        balance=balance,
-    )
-
-
-def make_train_dataset(config, records, model):
-    """Training-system hook (keras_cxr/training.py): batches of cached frozen-backbone features
-    (`({"images", "features"}, labels)`, see keras_cxr/feature_cache.py) when the encoder is a frozen
-    backbone and there is neither augmentation nor class balancing; else the normal image pipeline
-    (with `config.augment` / `config.balance`)."""
-    from keras_cxr.feature_cache import make_train_dataset as cached_dataset
-
-    if len(records) < config.batch_size:
-        raise UserError(
-            f"--batch-size {config.batch_size} is larger than the {len(records)} training images; "
-            "use a smaller batch or more data"
-        )
-    ds = cached_dataset(config, records, model, drop_remainder=True)
-    return ds if ds is not None else _image_dataset(config, records, model, train=True)
-
-
-def make_val_dataset(config, records, model):
-    """Training-system hook: validation on images (test_step runs the backbone)."""
-    if records is None or len(records) == 0:
-        return None
-    return _image_dataset(config, records, model, train=False)
-
-
-def default_preset(**model_kwargs):
-    """The family's CPU-sized preset: 64 px, small trainable conv encoder (32 -> 256) + conv decoder
-    (256 -> 32), z 64, beta 1 with a 100-step KL warm-up; minutes on the 500-image sample."""
-    return {
-        "image_size": 64,
-        "channels": 1,
-        "batch_size": 32,
-        "epochs": 30,
-        "model_kwargs": {
-            "encoder": "conv",
-            "encoder_filters": [32, 64, 128, 256],
-            "head": "flatten",
-            "decoder": "conv",
-            "decoder_filters": [256, 128, 64, 32],
-            "latent_dim": 64,
-            "beta": 1.0,
-            "kl_warmup_steps": 100,
-            **model_kwargs,
-        },
-        "compile_kwargs": {"learning_rate": 1e-3},
-    }
-
-
-def original_preset(encoder, head, decoder, latent_dim, **extra):
-    """The original project's 224 px configurations (sizes kept; summed reconstruction, correct
-    KL): frozen ImageNet backbone, grayscale in (repeated to 3 channels in-graph), batch 64."""
-    return {
-        "image_size": 224,
-        "channels": 1,
-        "batch_size": 64,
-        "epochs": 50,
-        "model_kwargs": {"encoder": encoder, "weights": "imagenet", "head": head, "decoder": decoder,
-                         "latent_dim": latent_dim, **extra},
-        "compile_kwargs": {"learning_rate": 1e-4},
-    }
-
-
-PRESETS = {
-    "default": default_preset(),
-    # The original's final plain VAE: 128 px grayscale, 5 conv blocks 32 -> 512, z 1024, beta 2e-3.
-    # beta multiplies a KL summed over z against a reconstruction SUMMED over 128*128 pixels, i.e.
-    # it is the beta-VAE beta (1 = ELBO): 2e-3 is a weak prior (near-autoencoder). The original's
-    # per-pixel mean reconstruction made the same 2e-3 worth beta = 2e-3 * 16384 = 32.8 on this
-    # scale (`--set model.beta=32.8` reproduces that balance).
-    "original": {
-        "image_size": 128,
-        "channels": 1,
-        "batch_size": 64,
-        "epochs": 100,
-        "model_kwargs": {
-            "encoder": "conv",
-            "encoder_filters": [32, 64, 128, 256, 512],
-            "head": "flatten",
-            "decoder": "conv",
-            "decoder_filters": [512, 256, 128, 64, 32],
-            "latent_dim": 1024,
-            "beta": 2e-3,
-        },
-        "compile_kwargs": {"learning_rate": 1e-3},
-    },
-}
