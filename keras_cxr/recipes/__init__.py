@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from keras_cxr.errors import UserError
@@ -39,7 +39,6 @@ class Recipe:
     needs: tuple = ()  # stages trained first: (("autoencoder", "autoencoder-kl"),) = config field, recipe
     measured: tuple = ()  # model kwargs that training measures and records in config.json
     model_kwargs: Callable | None = None  # config -> constructor kwargs (default: sizes + config.model_kwargs)
-    finish: Callable | None = None  # (model, config) -> None, after construction (e.g. load frozen weights)
     internal: tuple = ("kwargs", "load_backbone_weights", "image_size", "channels")  # not `--set model.X` options
     compile_keys: tuple = ()  # compile.X options the optimizer factory understands
     summary: str = ""
@@ -95,8 +94,6 @@ class Recipe:
                     raise UserError(f"{field.replace('_', ' ')} {getattr(config, field)} is not supported by the "
                                     f"{self.name} (--{field.replace('_', '-')}): {first}") from None
             raise UserError(f"bad model option for {self.name} (--set model.X): {first}") from None
-        if self.finish is not None:
-            self.finish(model, config)
         compile_kwargs = dict(config.compile_kwargs)
         jit = bool(compile_kwargs.pop("jit_compile", config.jit_compile))
         model.compile(jit_compile=jit, **self.optimizer(compile_kwargs))
@@ -104,7 +101,7 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- optimizer factories
-def adam(compile_kwargs: dict, *, learning_rate: float, weight_decay: float = 0.0, keys=None, name=None):
+def adam(compile_kwargs: dict, *, learning_rate: float, weight_decay: float = 0.0, name=None):
     """Adam from compile kwargs (AdamW when weight_decay > 0): learning_rate, beta_1, beta_2, epsilon,
     weight_decay, clipnorm, clipvalue."""
     import keras
@@ -149,4 +146,4 @@ def build_model(config):
     return get_recipe(config.model).build(config)
 
 
-__all__ = ["Recipe", "get_recipe", "get_preset", "build_model", "adam", "MODEL_NAMES", "GENERATORS", "field"]
+__all__ = ["Recipe", "get_recipe", "get_preset", "build_model", "adam", "ADAM_KEYS", "MODEL_NAMES", "GENERATORS"]
