@@ -104,14 +104,6 @@ def scale_loss(loss):
     return loss * (1.0 / replicas)
 
 
-def unscale_loss(loss):
-    """Inverse of `scale_loss` (`loss * R`; `loss` itself when R = 1), for logging a scaled value."""
-    replicas = num_replicas()
-    if replicas == 1:
-        return loss
-    return loss * float(replicas)
-
-
 def sum_over_replicas(value):
     """`value` summed over the replicas in sync (an all-reduce); `value` itself when R = 1.
 

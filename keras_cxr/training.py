@@ -314,8 +314,6 @@ def train(config: TrainConfig, *, overrides=(), overwrite: bool = False, verbose
 
 
 def _train_locked(config, recipe, strategy, chief, run_dir, overrides, overwrite, verbose, extra_callbacks):
-    import tensorflow as tf
-
     from keras_cxr import distribute
 
     task_type, task_id = distribute.worker_info(strategy)
