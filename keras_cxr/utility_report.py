@@ -24,12 +24,6 @@ def _json_ready(obj):
     return obj
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from keras_cxr.fileio import write_text
-
-    write_text(path, text)
-
-
 def _cell(d, key="auroc", lo="low", hi="high"):
     v = d.get(key)
     if v is None or not np.isfinite(v):
@@ -192,6 +186,8 @@ def write_report(results, out) -> Path:
                             out / "figures" / f"auroc_{_slug(name)}.png", color=f"C{k}")
         figures[name] = (path, f"{name}: AUROC per finding on the real test split, 95 % bootstrap CI")
     results["figures"] = {k: f"figures/{p.name}" for k, (p, _) in figures.items()}
-    _write_atomic(out / "metrics.json", json.dumps(_json_ready(results), indent=2))
-    _write_atomic(out / "report.md", markdown_report(results, figures))
+    from keras_cxr.fileio import write_text
+
+    write_text(out / "metrics.json", json.dumps(_json_ready(results), indent=2))
+    write_text(out / "report.md", markdown_report(results, figures))
     return out

@@ -10,7 +10,8 @@ import numpy as np
 from keras_cxr.errors import UserError
 from keras_cxr.utility.config import REGIMES, UtilityConfig, _check
 from keras_cxr.utility.plan import generator_label_columns, load_splits, target_count_default, top_up_plan
-from keras_cxr.utility.shards import _cache_ok, mix, real_elements, synthetic_dataset, write_real_copies, write_synthetic
+from keras_cxr.encoder_cache import fits_in_memory
+from keras_cxr.utility.shards import mix, real_elements, synthetic_dataset, write_real_copies, write_synthetic
 from keras_cxr.utility.trainer import RegimeTrainer, classifier_config
 from keras_cxr.utility_report import write_report
 
@@ -81,8 +82,8 @@ def _run(cfg, regimes, generator, train, val, test, findings, y_train, y_test, w
     seed = int(cfg.seed)
     eval_kw = dict(image_size=size, channels=channels, normalization="sigmoid", batch_size=bs, shuffle=False,
                    deterministic=True)
-    test_ds = make_dataset(test, cache=_cache_ok(len(test), size, channels), **eval_kw)
-    val_ds = None if val is None else make_dataset(val, cache=_cache_ok(len(val), size, channels), **eval_kw)
+    test_ds = make_dataset(test, cache=fits_in_memory(len(test), size, channels), **eval_kw)
+    val_ds = None if val is None else make_dataset(val, cache=fits_in_memory(len(val), size, channels), **eval_kw)
 
     results = {
         "model": str(cfg.model),

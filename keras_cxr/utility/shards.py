@@ -26,13 +26,6 @@ def _progbar(total, verbose, unit):
     return keras.utils.Progbar(total, unit_name=unit)
 
 
-def _cache_ok(n_images: int, image_size: int, channels: int) -> bool:
-    """Keep decoded real images in memory when they fit (the project's one threshold,
-    keras_cxr.encoder_cache.MEMORY_CACHE_BYTES); stream from disk otherwise."""
-    from keras_cxr.encoder_cache import fits_in_memory
-
-    return fits_in_memory(n_images, image_size, channels)
-
 
 def _subset(records, rows):
     out = records.iloc[np.asarray(rows, dtype=np.int64)].reset_index(drop=True)
@@ -228,9 +221,10 @@ def synthetic_dataset(folder, *, image_size: int, channels: int = 1, shuffle: bo
 def real_elements(records, *, image_size: int, channels: int, seed: int, shuffle: bool = True):
     """Unbatched (image, labels) of real records through the project pipeline ("sigmoid" range)."""
     from custom_datasets import make_dataset
+    from keras_cxr.encoder_cache import fits_in_memory
 
     ds = make_dataset(records, image_size=image_size, channels=channels, normalization="sigmoid", batch_size=256,
-                      shuffle=shuffle, seed=seed, cache=_cache_ok(len(records), image_size, channels),
+                      shuffle=shuffle, seed=seed, cache=fits_in_memory(len(records), image_size, channels),
                       deterministic=True)
     return ds.unbatch()
 
