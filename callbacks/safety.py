@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -59,6 +60,32 @@ def last_checkpoint(folder):
     folder = Path(folder)
     found = sorted(folder.glob("epoch_*.keras")) if folder.is_dir() else []
     return found[-1] if found else None
+
+
+class EpochCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint(filepath, save_freq="epoch")` that saves the first epoch of a session, the
+    last epoch, and in between at most once every `min_interval` seconds.
+
+    A `.keras` checkpoint (weights and optimizer state) costs a few tenths of a CPU-second; with
+    the CPU presets' epochs of a few seconds that was a tenth of the run. The epoch backup that a
+    resume reads (`BackupAndRestore`) is still written every epoch; these files are the
+    full models a user goes back to (and the non-finite-loss message names)."""
+
+    def __init__(self, filepath, min_interval: float = 60.0):
+        super().__init__(filepath, save_freq="epoch")
+        self.min_interval = float(min_interval)
+        self._last_save = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._last_save = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        last_epoch = epoch + 1 >= int((self.params or {}).get("epochs") or 0)
+        if self._last_save is None or last_epoch or now - self._last_save >= self.min_interval:
+            super().on_epoch_end(epoch, logs)
+            self._last_save = now
 
 
 class PruneCheckpoints(keras.callbacks.Callback):

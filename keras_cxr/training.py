@@ -24,8 +24,10 @@ Run folder (`config.run_dir`):
     run.json               findings, noise shape, data report, overrides, epochs done, final metrics
     history.csv            one row per epoch (CSVLogger, appended across resumes)
     logs/train, logs/validation   TensorBoard scalars; logs/samples   sample-grid images
-    samples/epoch_XXXX.png SampleGrid every `sample_every` epochs (fixed noise, fixed label rows)
-    checkpoints/epoch_XXXX.keras  the newest two epoch checkpoints (ModelCheckpoint)
+    samples/epoch_XXXX.png SampleGrid every `sample_every` epochs (fixed noise, fixed label rows);
+                           validation (history.csv val_* columns) runs on the same epochs
+    checkpoints/epoch_XXXX.keras  the newest two epoch checkpoints: the first and last epoch of a
+                           session, at most one a minute between (callbacks.EpochCheckpoint)
     backup/                BackupAndRestore state while a run is unfinished (deleted at the end)
     model.keras            the final model (written atomically)
 
@@ -44,6 +46,8 @@ from keras_cxr.config import TrainConfig, apply_overrides, with_preset
 from keras_cxr.errors import DataError, UserError
 from keras_cxr.fileio import read_json_file
 from keras_cxr.runs import load_run, prepare_run_dir  # noqa: F401 (load_run: public here since 0.1)
+
+CHECKPOINT_INTERVAL_S = 60.0  # epoch checkpoints between a session's first and last: at most one a minute
 
 def resolve_config(model: str = "lsgan", preset: str | None = "default", overrides=(), **fields) -> TrainConfig:
     """TrainConfig for `model`: defaults <- preset <- explicit `fields` <- `key=value` overrides."""
@@ -158,7 +162,8 @@ def encoder_dataset(config: TrainConfig, recipe, model, records):
                             f"num_classes={model.num_classes}")
         if not model.conditional:
             labels = np.zeros((len(records), model.num_classes), "float32")
-        return ec.cached_dataset(codes, records, batch_size=config.batch_size, seed=config.seed, labels=labels)
+        return ec.cached_dataset(codes, records, batch_size=config.batch_size, seed=config.seed, labels=labels,
+                                 drop_remainder=True)  # whole batches: `make_datasets` repeats it
     return None
 
 
@@ -183,7 +188,8 @@ def _measure(config: TrainConfig, recipe, model, codes) -> None:
 
 
 def make_datasets(config: TrainConfig, recipe, model, records, val_records, strategy):
-    """(train_ds, steps_per_epoch, val_ds) for `fit`, by the recipe's input kind (keras_cxr/recipes)."""
+    """(train_ds, steps_per_epoch, val_ds) for `fit`, by the recipe's input kind (keras_cxr/recipes).
+    `train_ds` is endless: pass `steps_per_epoch` to `fit` (an epoch = the whole batches of one pass)."""
     import tensorflow as tf
 
     if len(records) < config.batch_size:
@@ -195,13 +201,16 @@ def make_datasets(config: TrainConfig, recipe, model, records, val_records, stra
     if config.balance and not steps:
         raise UserError("--balance makes an endless class-balanced stream: also pass --steps-per-epoch")
     multiworker = config.strategy == "multiworker"
-    repeat = bool(steps) or multiworker
+    # Always an endless stream with `steps_per_epoch` set: Keras then keeps ONE iterator for the whole
+    # run instead of rebuilding the pipeline (and refilling its shuffle and prefetch buffers) every
+    # epoch. With whole batches (drop_remainder) an epoch has exactly the steps it had before.
+    repeat = True
     train_ds = encoder_dataset(config, recipe, model, records)
     if train_ds is not None:
         train_ds = train_ds.repeat() if repeat else train_ds
     else:  # repeated before batching (a balanced stream is endless already)
         train_ds = image_dataset(config, records, model, train=True, repeat=repeat and not config.balance)
-    if repeat and not steps:
+    if not steps:
         steps = len(records) // config.batch_size
     val_ds = None
     if val_records is not None and len(val_records) >= strategy.num_replicas_in_sync and not multiworker:
@@ -232,7 +241,7 @@ def make_callbacks(config: TrainConfig, model, run_dir: Path, work_dir: Path, fi
             out.append(cb.SampleGrid(run_dir / "samples", every=config.sample_every, log_dir=run_dir / "logs" / "samples",
                                      findings=findings, epochs=config.epochs, seed=config.seed + 1234))
     out += [
-        keras.callbacks.ModelCheckpoint(str(ckpt_dir / "epoch_{epoch:04d}.keras"), save_freq="epoch"),
+        cb.EpochCheckpoint(str(ckpt_dir / "epoch_{epoch:04d}.keras"), min_interval=CHECKPOINT_INTERVAL_S),
         cb.PruneCheckpoints(ckpt_dir, keep=2),
         cb.BackupAndRestore(str(work_dir / "backup")),
     ]
@@ -378,8 +387,10 @@ def fit_model(model, train_ds, *, config: TrainConfig, steps=None, val_ds=None, 
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2  # one line per epoch when logging to a file
     try:
-        return model.fit(train_ds, epochs=int(config.epochs if epochs is None else epochs), steps_per_epoch=steps,
-                         validation_data=val_ds, callbacks=list(callbacks), verbose=verbose, shuffle=False)
+        epochs = int(config.epochs if epochs is None else epochs)
+        return model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
+                         validation_freq=validation_epochs(epochs, config.sample_every), callbacks=list(callbacks),
+                         verbose=verbose, shuffle=False)
     except tf.errors.DataLossError as exc:  # a truncated / damaged TFRecord shard
         shards = sorted((records.attrs.get("shards") if records is not None else None) or [])
         where = f" in {Path(shards[0]).parent}" if shards else ""
@@ -396,6 +407,13 @@ def fit_model(model, train_ds, *, config: TrainConfig, steps=None, val_ds=None, 
         rates = ", ".join(f"compile.{k}={v:g}" for k, v in sorted(config.compile_kwargs.items())
                           if "learning_rate" in k and isinstance(v, (int, float)))
         raise NonFiniteLossError(f"{exc}; try a lower learning rate ({rates or 'compile.learning_rate'})") from None
+
+
+def validation_epochs(epochs: int, every: int) -> list:
+    """The (1-based) epochs `fit` validates on: every `every`-th and the last, the epochs that also get
+    a sample grid. Validation set-up cost ~0.45 s an epoch on the sample (benchmarks/results/fit_path.md)."""
+    every = max(1, int(every))
+    return sorted({e for e in range(every, epochs + 1, every)} | {epochs})
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -114,6 +114,33 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
     assert backup["epoch"] == 1  # resume would restart at the failed epoch with good weights
 
 
+def test_validation_epochs_follow_the_sample_grid_and_include_the_last():
+    from keras_cxr.training import validation_epochs
+
+    assert validation_epochs(10, 5) == [5, 10]
+    assert validation_epochs(7, 3) == [3, 6, 7]
+    assert validation_epochs(3, 100) == [3]
+    assert validation_epochs(4, 1) == [1, 2, 3, 4]
+
+
+def test_epoch_checkpoints_first_last_and_at_most_one_per_interval(sample_dir, tmp_path, monkeypatch):
+    import csv
+
+    from keras_cxr import training
+
+    monkeypatch.setattr(training, "CHECKPOINT_INTERVAL_S", 3600.0)
+    config = resolve_config("lsgan", "default", TINY_OVERRIDES, run_dir=str(tmp_path / "run"), data=str(sample_dir),
+                            image_size=32, epochs=3, batch_size=16, max_images=32, sample_every=2)
+    run = train(config, overrides=TINY_OVERRIDES, verbose=0)
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.keras")) == ["epoch_0001.keras", "epoch_0003.keras"]
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["epoch_0002.png", "epoch_0003.png"]
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    # validation on the sample-grid epochs only (2 and the last, 3)
+    assert rows[0]["val_d_loss"] == "NA" and rows[1]["val_d_loss"] != "NA" and rows[2]["val_d_loss"] != "NA"
+    assert float(rows[1]["val_d_loss"]) >= 0
+
+
 def test_conditional_sample_grid_has_one_labelled_row_per_finding():
     from callbacks.sample_grid import fixed_noise, label_rows, sample_grid
     from custom_datasets.findings import FINDINGS
