@@ -213,34 +213,28 @@ def test_train_export_and_sample_in_fresh_process(sample_dir, tmp_path):
     assert np.abs(got["guidance0"].astype(int) - got["sample"]).max() <= 1, "guidance 0 = unconditional"
     assert np.abs(got["cond"].astype(int) - got["sample"]).max() > 0, "labels change the samples"
 
-    # --sampling-steps: the exported sampler (SavedModel and .keras) runs that many DDIM steps
+    # --sampling-steps and --sampler together (one export: each SavedModel costs ~30 s here):
+    # DPM-Solver++(2M) with 3 steps (its first step and, at 2 steps, its last are DDIM's) inside the same one-graph SavedModel, chosen at export
     import tensorflow as tf
 
-    out2 = export_run(ldm_dir, tmp_path / "export2", sampling_steps=2)
-    assert json.loads((out2 / "config.json").read_text())["model_kwargs"]["sampling_steps"] == 2
-    assert keras.saving.load_model(out2 / "model.keras").sampling_steps == 2
+    from keras_cxr.trust import check_saved_model
+
+    out2 = export_run(ldm_dir, tmp_path / "export2", sampling_steps=3, sampler="dpm++2m")
+    kwargs = json.loads((out2 / "config.json").read_text())["model_kwargs"]
+    assert kwargs["sampling_steps"] == 3 and kwargs["sampler"] == "dpm++2m"
+    reloaded = keras.saving.load_model(out2 / "model.keras")
+    assert reloaded.sampling_steps == 3 and reloaded.sampler == "dpm++2m"
+    for export in (out, out2):  # every sampler's graph is made of allowlisted ops only
+        check_saved_model(export / "saved_model")
     loaded = tf.saved_model.load(str(out2 / "saved_model"))  # keep a reference: it owns the variables
-    two = loaded.sample(tf.constant(z)).numpy()
-    assert np.abs(two.astype(int) - to_uint8(_np(model.generate(z, steps=2)), "sigmoid")).max() <= 1
-    assert np.abs(two.astype(int) - got["sample"]).max() > 0, "2 steps differ from the run's 4"
+    dpm = loaded.sample(tf.constant(z)).numpy()
+    assert np.abs(dpm.astype(int) - to_uint8(_np(reloaded.generate(z)), "sigmoid")).max() <= 1
+    assert np.abs(dpm.astype(int) - got["sample"]).max() > 0, "3 solver steps differ from the run's 5 DDIM steps"
+    ddim3 = to_uint8(_np(model.generate(z, steps=3)), "sigmoid")
+    assert np.abs(dpm.astype(int) - ddim3).max() > 0, "the solver is not DDIM under another name"
     for bad in (0, 2.5):
         with pytest.raises(UserError, match="sampling-steps"):
             export_run(ldm_dir, tmp_path / "bad", sampling_steps=bad)
-
-    # --sampler dpm++2m: DPM-Solver++(2M) inside the same one-graph SavedModel, chosen at export
-    out3 = export_run(ldm_dir, tmp_path / "export3", sampling_steps=3, sampler="dpm++2m")
-    assert json.loads((out3 / "config.json").read_text())["model_kwargs"]["sampler"] == "dpm++2m"
-    reloaded = keras.saving.load_model(out3 / "model.keras")
-    assert reloaded.sampler == "dpm++2m"
-    from keras_cxr.trust import check_saved_model
-
-    for export in (out, out2, out3):  # every sampler's graph is made of allowlisted ops only
-        check_saved_model(export / "saved_model")
-    loaded3 = tf.saved_model.load(str(out3 / "saved_model"))
-    dpm = loaded3.sample(tf.constant(z)).numpy()
-    assert np.abs(dpm.astype(int) - to_uint8(_np(reloaded.generate(z, steps=3)), "sigmoid")).max() <= 1
-    ddim3 = to_uint8(_np(model.generate(z, steps=3)), "sigmoid")
-    assert np.abs(dpm.astype(int) - ddim3).max() > 0, "the solver is not DDIM under another name"
     with pytest.raises(UserError, match="--sampler must be one of"):
         export_run(ldm_dir, tmp_path / "bad", sampler="euler")
 
