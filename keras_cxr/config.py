@@ -41,12 +41,16 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored | multiworker
     sample_every: int = 1
     jit_compile: bool = False
+    mixed_precision: str | None = None  # None (float32) | "mixed_float16" (GPUs) | "mixed_bfloat16"
     validation: bool = True  # evaluate test_step on the val split after each epoch
     # model specifics: constructor kwargs and compile kwargs (learning rates, betas, KL weight, ...)
     model_kwargs: dict = field(default_factory=dict)
     compile_kwargs: dict = field(default_factory=dict)
     # two-stage models (latent diffusion): run dir or export of the frozen autoencoder
     autoencoder: str | None = None
+
+    def __post_init__(self):
+        check_mixed_precision(self.mixed_precision)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=list)
@@ -80,6 +84,16 @@ class TrainConfig:
             return cls.from_dict(data)
         except TypeError as exc:  # a field of the wrong type / shape
             raise UserError(f"{path}: config.json is damaged ({exc})") from None
+
+
+MIXED_PRECISION = ("mixed_float16", "mixed_bfloat16")  # keras_cxr/precision.py
+
+
+def check_mixed_precision(value) -> None:
+    """One-line UserError unless `value` is None (float32) or one of MIXED_PRECISION."""
+    if value is not None and value not in MIXED_PRECISION:
+        raise UserError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (or None for float32); "
+                        f"got {value!r}")
 
 
 def parse_value(text: str):

@@ -93,15 +93,20 @@ def num_replicas() -> int:
     return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
-def scale_loss(loss):
+def scale_loss(loss, optimizer=None):
     """The loss a replica differentiates: `loss / R` (R = replicas in sync); `loss` itself when R = 1.
+    With the `optimizer` that applies its gradients, then `optimizer.scale_loss(...)`: times the loss
+    scale of a LossScaleOptimizer (mixed_float16, keras_cxr/precision.py; its `apply_gradients`
+    divides it out again), the identity for a plain optimizer.
 
     Use it on the per-replica batch MEAN, inside the GradientTape, right before `tape.gradient`;
     log the unscaled `loss`."""
     replicas = num_replicas()
-    if replicas == 1:
-        return loss
-    return loss * (1.0 / replicas)
+    if replicas != 1:
+        loss = loss * (1.0 / replicas)
+    if optimizer is not None:
+        loss = optimizer.scale_loss(loss)
+    return loss
 
 
 def sum_over_replicas(value):

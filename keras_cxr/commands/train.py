@@ -21,13 +21,18 @@ def add_arguments(p) -> None:
     t.add_argument("--epochs", type=COUNT, default=None)
     t.add_argument("--batch-size", type=COUNT, default=None, help="GLOBAL batch size (split over replicas)")
     t.add_argument("--steps-per-epoch", type=COUNT, default=None)
-    t.add_argument("--sample-every", type=COUNT, default=None, help="write a sample grid every N epochs")
+    t.add_argument("--sample-every", type=COUNT, default=None,
+                   help="write a sample grid and validate every N epochs (and after the last)")
     t.add_argument("--seed", type=SEED, default=None)
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="enable TensorFlow op determinism (reproducible, slower)")
     t.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default=None,
                    help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     t.add_argument("--jit-compile", action="store_true", default=None, help="XLA-compile the train step")
+    t.add_argument("--mixed-precision", choices=("mixed_float16", "mixed_bfloat16"), default=None,
+                   help="Keras mixed-precision policy (float32 variables, half-precision compute): mixed_float16 "
+                        "for GPUs (with loss scaling); mixed_bfloat16 also runs on CPU, but is usually slower "
+                        "there than the float32 default")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, model.X (constructor) or compile.X (optimizer) value")
     t.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
@@ -50,6 +55,7 @@ def config_from_args(args):
         max_images=args.max_images, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, sample_every=args.sample_every, seed=args.seed,
         deterministic=args.deterministic, strategy=args.strategy, jit_compile=args.jit_compile,
+        mixed_precision=getattr(args, "mixed_precision", None),
     )
 
 

@@ -47,6 +47,7 @@ from keras import layers, ops
 
 from keras_cxr.losses import focal_frequency_loss, gaussian_kl
 from keras_cxr.models.base import GeneratorModel
+from keras_cxr.precision import builds_under_own_policy, needs_loss_scaling, unscale
 from keras_cxr.unet import ResidualBlock, _groups
 
 
@@ -91,7 +92,8 @@ def build_decoder(latent_shape, channels, widths, num_res_blocks, name="decoder"
             h = layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}_up")(h)
             h = layers.Conv2D(widths[level - 1], 3, padding="same", name=f"up{level}_conv")(h)
     h = layers.Activation("silu")(layers.GroupNormalization(_groups(widths[0]), name="out_norm")(h))
-    out = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="images")(h)
+    # float32 output layer: the images (and the reconstruction loss) stay float32 under mixed precision
+    out = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", dtype="float32", name="images")(h)
     return keras.Model(z_in, out, name=name)
 
 
@@ -115,7 +117,9 @@ def build_patch_discriminator(image_size, channels, width=32, norm="none", name=
 class AutoencoderKL(GeneratorModel):
     data_range = "sigmoid"
     supports_guidance = False
+    supports_mixed_precision = True  # keras_cxr/precision.py
 
+    @builds_under_own_policy
     def __init__(
         self,
         image_size=64,
@@ -188,7 +192,7 @@ class AutoencoderKL(GeneratorModel):
         return self.latent_shape
 
     def encode_moments(self, images, training=False):
-        moments = self.encoder(images, training=training)
+        moments = ops.cast(self.encoder(images, training=training), "float32")
         mean, log_var = ops.split(moments, 2, axis=-1)
         return mean, ops.clip(log_var, -30.0, 20.0)
 
@@ -197,7 +201,7 @@ class AutoencoderKL(GeneratorModel):
         return self.encode_moments(images, training=training)[0]
 
     def decode(self, z, training=False):
-        return self.decoder(z, training=training)
+        return ops.cast(self.decoder(z, training=training), "float32")
 
     def reconstruct(self, images, training=False):
         return self.decode(self.encode(images), training=training)
@@ -250,19 +254,23 @@ class AutoencoderKL(GeneratorModel):
             with tf.GradientTape() as tape:
                 x_hat, rec, kl = self._losses_for(x, training=True)
                 loss = rec + self.kl_weight * kl
-                scaled = scale_loss(loss)
+                scaled = scale_loss(loss, self.optimizer)  # x loss scale under mixed_float16
             self.optimizer.apply_gradients(zip(tape.gradient(scaled, ae_vars), ae_vars))
             return self._update(x, rec, kl, loss, x_hat)
         d_vars = self.discriminator.trainable_variables
+
+        def critic(images):  # patch logits, float32 whatever the dtype policy (hinge losses in float32)
+            return ops.cast(self.discriminator(images, training=True), "float32")
+
         with tf.GradientTape(persistent=True) as tape:
             x_hat, rec, kl = self._losses_for(x, training=True)
             loss = rec + self.kl_weight * kl
-            g_loss = -ops.mean(self.discriminator(x_hat, training=True))  # hinge, generator side
+            g_loss = -ops.mean(critic(x_hat))  # hinge, generator side
             d_loss = 0.5 * (
-                ops.mean(ops.relu(1.0 - self.discriminator(x, training=True)))
-                + ops.mean(ops.relu(1.0 + self.discriminator(ops.stop_gradient(x_hat), training=True)))
+                ops.mean(ops.relu(1.0 - critic(x)))
+                + ops.mean(ops.relu(1.0 + critic(ops.stop_gradient(x_hat))))
             )
-            scaled, g_scaled, d_scaled = scale_loss(loss), scale_loss(g_loss), scale_loss(d_loss)
+            scaled, g_scaled, d_scaled = (scale_loss(v, self.optimizer) for v in (loss, g_loss, d_loss))
         # d(loss + c * g_loss) = d loss + c * d g_loss with c held constant: two gradients, one combination
         rec_grads = tape.gradient(scaled, ae_vars)
         adv_grads = tape.gradient(g_scaled, ae_vars)
@@ -270,10 +278,13 @@ class AutoencoderKL(GeneratorModel):
         del tape
         on = ops.cast(self.optimizer.iterations >= self.disc_start, "float32")
         last = self._output_kernel_index(ae_vars)
-        # lambda from the GLOBAL-batch gradients (summed over replicas), the same on every replica
-        rec_last, adv_last = sum_over_replicas(rec_grads[last]), sum_over_replicas(adv_grads[last])
+        # lambda from the GLOBAL-batch gradients (summed over replicas), the same on every replica, and
+        # of the losses themselves: divided by the loss scale under mixed_float16 (the 1e-4 is absolute)
+        rec_last, adv_last = (unscale(sum_over_replicas(g[last]), self.optimizer) for g in (rec_grads, adv_grads))
         lam = ops.clip(ops.norm(ops.reshape(rec_last, (-1,)))
                        / (ops.norm(ops.reshape(adv_last, (-1,))) + 1e-4), 0.0, 1e4)
+        if needs_loss_scaling(self):  # an overflowed (skipped) float16 step: no inf / NaN in adv_weight
+            lam = ops.where(ops.isfinite(lam), lam, ops.zeros_like(lam))
         weight = on * self.adversarial_weight * ops.stop_gradient(lam)
         grads = [r + weight * a for r, a in zip(rec_grads, adv_grads)]
         d_on = 1.0 if self.disc_warmup else on  # warm-up: D learns from step 0, G's term still waits for disc_start

@@ -24,6 +24,7 @@ import numpy as np
 from keras import layers, ops
 
 from keras_cxr.models.base import unpack_batch
+from keras_cxr.precision import builds_under_own_policy
 
 
 BACKBONES = ("small", "densenet121")
@@ -81,7 +82,9 @@ class FindingClassifier(keras.Model):
 
     data_range = "sigmoid"
     conditional = False
+    supports_mixed_precision = True  # keras_cxr/precision.py
 
+    @builds_under_own_policy
     def __init__(self, image_size=64, channels=1, num_classes=14, backbone="small", width=32, feature_dim=128,
                  dropout=0.2, pos_weight=None, backbone_weights=None, findings=None, **kwargs):
         super().__init__(**kwargs)
@@ -107,10 +110,11 @@ class FindingClassifier(keras.Model):
                                              name="auc")
 
     def call(self, images, training=False):
-        return self.head(self.backbone(images, training=training))
+        """Logits, float32 whatever the dtype policy (the loss and the AUROC in float32)."""
+        return ops.cast(self.head(self.backbone(images, training=training)), "float32")
 
     def features(self, images, training=False):
-        return self.backbone(images, training=training)
+        return ops.cast(self.backbone(images, training=training), "float32")
 
     def probabilities(self, images):
         return ops.sigmoid(self(images, training=False))
@@ -133,7 +137,8 @@ class FindingClassifier(keras.Model):
         with tf.GradientTape() as tape:
             logits = self(images, training=True)
             loss = weighted_bce(labels, logits, self.pos_weight)
-            scaled = scale_loss(loss)  # / replicas: the optimizer SUM-all-reduces the gradients
+            # / replicas (the optimizer SUM-all-reduces the gradients), x loss scale under mixed_float16
+            scaled = scale_loss(loss, self.optimizer)
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._update(labels, logits, loss)

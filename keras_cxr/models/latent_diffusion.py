@@ -40,6 +40,7 @@ from keras import ops
 from keras_cxr import diffusion
 from keras_cxr.models.autoencoder_kl import AutoencoderKL
 from keras_cxr.models.base import GeneratorModel
+from keras_cxr.precision import builds_under_own_policy
 from keras_cxr.unet import build_unet
 
 
@@ -47,7 +48,9 @@ from keras_cxr.unet import build_unet
 class LatentDiffusion(GeneratorModel):
     data_range = "sigmoid"  # the autoencoder's
     supports_guidance = True
+    supports_mixed_precision = True  # keras_cxr/precision.py
 
+    @builds_under_own_policy
     def __init__(
         self,
         image_size=64,
@@ -143,7 +146,7 @@ class LatentDiffusion(GeneratorModel):
 
     def _scale(self):
         # an unset scale (0) means "not measured yet": use 1 rather than divide by zero
-        s = ops.convert_to_tensor(self.latent_scale)
+        s = ops.cast(ops.convert_to_tensor(self.latent_scale), "float32")  # float32 under any dtype policy
         return ops.where(s > 0, s, ops.ones_like(s))
 
     def predict_noise(self, z_t, t, labels=None, guidance=1.0, ema=True, training=False):
@@ -151,7 +154,10 @@ class LatentDiffusion(GeneratorModel):
 
         labels None -> unconditional (null token); otherwise uncond + guidance * (cond - uncond).
         """
-        net = self.ema_denoiser if ema else self.denoiser
+        # the network's output in float32 whatever the dtype policy: the sampling loop runs in float32
+        def net(inputs, training):
+            return ops.cast((self.ema_denoiser if ema else self.denoiser)(inputs, training=training), "float32")
+
         z_t = ops.convert_to_tensor(z_t, "float32")
         t = ops.cast(t, "int32")
         if not self.conditional:
@@ -262,8 +268,9 @@ class LatentDiffusion(GeneratorModel):
         inputs, target = self._diffusion_inputs(data)
         variables = self.denoiser.trainable_variables
         with tf.GradientTape() as tape:
-            loss = diffusion.diffusion_loss(self.denoiser(inputs, training=True), target)
-            scaled = scale_loss(loss)  # / replicas: the optimizer SUM-all-reduces the gradients
+            loss = diffusion.diffusion_loss(ops.cast(self.denoiser(inputs, training=True), "float32"), target)
+            # / replicas (the optimizer SUM-all-reduces the gradients), x loss scale under mixed_float16
+            scaled = scale_loss(loss, self.optimizer)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         # EMA with the usual warm-up: decay_eff = min(decay, (1 + n) / (10 + n))
@@ -276,8 +283,8 @@ class LatentDiffusion(GeneratorModel):
 
     def test_step(self, data):
         inputs, target = self._diffusion_inputs(data)
-        self.loss_tracker.update_state(diffusion.diffusion_loss(self.denoiser(inputs), target))
-        self.ema_loss_tracker.update_state(diffusion.diffusion_loss(self.ema_denoiser(inputs), target))
+        for tracker, net in ((self.loss_tracker, self.denoiser), (self.ema_loss_tracker, self.ema_denoiser)):
+            tracker.update_state(diffusion.diffusion_loss(ops.cast(net(inputs), "float32"), target))
         return {m.name: m.result() for m in self.metrics}
 
     def get_config(self):

@@ -29,6 +29,7 @@ import keras
 from keras import layers, ops
 
 from keras_cxr.models.base import GeneratorModel, check_choice
+from keras_cxr.precision import builds_under_own_policy, loss_scale_optimizer
 
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 224, 256)
 DISCRIMINATORS = ("conv", "vgg16", "densenet121")
@@ -86,7 +87,13 @@ def build_generator(image_size=64, channels=1, latent_dim=128, conditional=False
 
 
 def _maybe_sn(layer, norm):
-    return layers.SpectralNormalization(layer, name=layer.name + "_sn") if norm == "spectral" else layer
+    # the wrapper in float32: it rewrites the kernel (kernel / sigma) in every training forward pass,
+    # which under a mixed policy would read the kernel autocast to float16 and round it to float16
+    # each step, erasing every update below float16 resolution (the wrapped layer still computes in
+    # the policy's dtype)
+    if norm != "spectral":
+        return layer
+    return layers.SpectralNormalization(layer, dtype="float32", name=layer.name + "_sn")
 
 
 def _projection_head(h, y, norm, name):
@@ -168,7 +175,9 @@ class LSGAN(GeneratorModel):
 
     data_range = "tanh"
     supports_guidance = False
+    supports_mixed_precision = True  # keras_cxr/precision.py
 
+    @builds_under_own_policy
     def __init__(self, image_size=64, channels=1, latent_dim=128, noise="normal", conditional=False,
                  num_classes=14, embed_dim=32, g_filters=32, d_filters=32, max_filters=512,
                  norm="batch", g_steps=1, discriminator="conv", backbone_weights=None,
@@ -254,11 +263,14 @@ class LSGAN(GeneratorModel):
         return self.generator(z, training=training)
 
     def discriminate(self, images, labels=None, training=False):
+        """D's logits [B, 1] (or [B, heads]), float32 whatever the dtype policy (losses in float32)."""
         images = ops.convert_to_tensor(images)
         if self.conditional:
-            return self.discriminator([images, self._labels_or_default(labels, ops.shape(images)[0])],
-                                      training=training)
-        return self.discriminator(images, training=training)
+            out = self.discriminator([images, self._labels_or_default(labels, ops.shape(images)[0])],
+                                     training=training)
+        else:
+            out = self.discriminator(images, training=training)
+        return ops.cast(out, "float32")
 
     def call(self, noise, labels=None, training=False):
         return self.generate(noise, labels, training=training)
@@ -287,6 +299,10 @@ class LSGAN(GeneratorModel):
                                                                 name="g_adam")
         self.d_optimizer = d_optimizer or keras.optimizers.Adam(d_learning_rate, beta_1=beta_1, beta_2=beta_2,
                                                                 name="d_adam")
+        # mixed_float16: each optimizer scales its own loss (keras_cxr/precision.py); Keras' compile
+        # wraps only `self.optimizer`, which the LSGAN does not use
+        self.g_optimizer = loss_scale_optimizer(self, self.g_optimizer)
+        self.d_optimizer = loss_scale_optimizer(self, self.d_optimizer)
         self.g_optimizer.build(self.generator.trainable_variables)
         self.d_optimizer.build(self.discriminator.trainable_variables)
 
@@ -317,7 +333,7 @@ class LSGAN(GeneratorModel):
             d_real = self.discriminate(self.augment(images), labels, training=True)
             d_fake = self.discriminate(self.augment(fake), labels, training=True)
             d_loss = discriminator_loss(d_real, d_fake)
-            scaled = scale_loss(d_loss)
+            scaled = scale_loss(d_loss, self.d_optimizer)  # x loss scale under mixed_float16
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
         if self.ada is not None:
@@ -331,7 +347,7 @@ class LSGAN(GeneratorModel):
                 g_out = self.discriminate(self.augment(self.generate(noise, labels, training=True)), labels,
                                           training=True)
                 g_loss = generator_loss(g_out)
-                scaled = scale_loss(g_loss)
+                scaled = scale_loss(g_loss, self.g_optimizer)
             self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
 
         return self._update(d_loss, g_loss, d_real, d_fake)

@@ -32,6 +32,7 @@ from keras_cxr import losses
 from keras_cxr.backbones import BACKBONES, build_backbone
 from keras_cxr.blocks import build_conv_encoder, build_decoder, build_encoder_head
 from keras_cxr.models.base import GeneratorModel, check_choice
+from keras_cxr.precision import builds_under_own_policy
 
 ENCODERS = ("conv",) + BACKBONES
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -43,7 +44,9 @@ class VAE(GeneratorModel):
 
     data_range = "sigmoid"
     default_conditional = False
+    supports_mixed_precision = True  # keras_cxr/precision.py
 
+    @builds_under_own_policy
     def __init__(
         self,
         image_size=64,
@@ -170,10 +173,13 @@ class VAE(GeneratorModel):
         return ops.cast(labels, "float32")
 
     def encode_features(self, features, labels=None, training=False):
-        """Backbone features -> (mean, log_var)."""
+        """Backbone features -> (mean, log_var), float32 whatever the dtype policy."""
         if self.encoder_uses_labels:
-            return self.encoder_head([features, self._labels(labels, ops.shape(features)[0])], training=training)
-        return self.encoder_head(features, training=training)
+            mean, log_var = self.encoder_head([features, self._labels(labels, ops.shape(features)[0])],
+                                              training=training)
+        else:
+            mean, log_var = self.encoder_head(features, training=training)
+        return ops.cast(mean, "float32"), ops.cast(log_var, "float32")
 
     def extract_features(self, images, training=False):
         """Images -> feature map (a frozen backbone always runs in inference mode)."""
@@ -184,9 +190,12 @@ class VAE(GeneratorModel):
         return self.encode_features(self.extract_features(images, training), labels, training)
 
     def decode_logits(self, z, labels=None, training=False):
+        """Decoder logits, float32 whatever the dtype policy (the likelihood and sigmoid in float32)."""
         if self.decoder_uses_labels:
-            return self.decoder([z, self._labels(labels, ops.shape(z)[0])], training=training)
-        return self.decoder(z, training=training)
+            logits = self.decoder([z, self._labels(labels, ops.shape(z)[0])], training=training)
+        else:
+            logits = self.decoder(z, training=training)
+        return ops.cast(logits, "float32")
 
     def decode(self, z, labels=None, training=False):
         """z -> images in [0, 1] (the mean of p(x|z): sigmoid of the decoder logits)."""
@@ -269,7 +278,8 @@ class VAE(GeneratorModel):
             loss = rec + beta * kl
             if self.losses:
                 loss = loss + ops.sum(self.losses)
-            scaled = scale_loss(loss)  # / replicas: the optimizer SUM-all-reduces the gradients
+            # / replicas (the optimizer SUM-all-reduces the gradients), x loss scale under mixed_float16
+            scaled = scale_loss(loss, self.optimizer)
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._update(loss, rec, kl, beta)

@@ -81,12 +81,22 @@ class Recipe:
                                 f"known: {sorted(known - {'jit_compile'})}")
 
     def build(self, config):
-        """The compiled model of a resolved TrainConfig (`config.model == self.name`)."""
+        """The compiled model of a resolved TrainConfig (`config.model == self.name`), built under
+        `config.mixed_precision`'s dtype policy when set (keras_cxr/precision.py)."""
+        from keras_cxr.config import check_mixed_precision
+        from keras_cxr.precision import policy_scope
+
         self.check_options(config)
+        policy = getattr(config, "mixed_precision", None)
+        check_mixed_precision(policy)
+        if policy and not getattr(self.model_cls(), "supports_mixed_precision", False):
+            raise UserError(f"the {self.name} model does not support --mixed-precision yet (its train_step must "
+                            "scale its losses: keras_cxr/precision.py)")
         kwargs = self.model_kwargs(config) if self.model_kwargs else {
             "image_size": config.image_size, "channels": config.channels, **config.model_kwargs}
         try:
-            model = self.model_cls()(**kwargs)
+            with policy_scope(policy):  # the global policy only while the model is built
+                model = self.model_cls()(**kwargs)
         except (TypeError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             for field in ("image_size", "channels"):  # config fields, not `--set model.X` options
