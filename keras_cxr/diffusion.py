@@ -1,7 +1,9 @@
 """Gaussian diffusion as plain TensorFlow functions: noise schedules, the forward process
 q(x_t | x_0), DDPM training targets (epsilon or v) and DDIM sampling.
 
-Nothing here knows about Keras models; a denoiser is any callable `fn(x_t, t) -> prediction`.
+Nothing here knows about Keras models; a denoiser is any callable `fn(x_t, t) -> prediction`
+(`guided_prediction` calls a `keras_cxr.unet` denoiser with classifier-free guidance and
+`ema_update` keeps an EMA copy of its weights: plain TensorFlow on the callable and its variables).
 Conventions (Ho et al. 2020; Song et al. 2021 "DDIM"; Salimans & Ho 2022 "v-prediction"):
 
     betas[t], t = 0..T-1;  alpha_bar[t] = prod_{s<=t} (1 - betas[s])
@@ -231,3 +233,38 @@ def sample(denoise_fn, x_T, alpha_bar, steps, prediction: str = "eps", sampler: 
     if sampler == "dpm++2m":
         return dpm_solver_pp_2m_sample(denoise_fn, x_T, alpha_bar, steps, prediction, clip_x0=clip_x0)
     raise ValueError(f"sampler must be one of {SAMPLERS}. Received: sampler={sampler!r}")
+
+
+# ----------------------------------------------------------------------------- denoiser helpers
+def guided_prediction(net, x_t, t, labels=None, guidance=1.0, num_classes: int = 0, training=False):
+    """Output of a `keras_cxr.unet.build_unet` denoiser `net` with classifier-free guidance.
+
+    num_classes 0: `net` takes [x_t, t] and `labels` are ignored. Otherwise it takes
+    [x_t, t, labels, label_mask]: labels None -> the null token (mask 0) alone; else one call on the
+    doubled batch (mask 1, then mask 0) and uncond + guidance * (cond - uncond), so guidance 0 is the
+    unconditional model and 1 the plain conditional one. The output is float32 under any dtype policy
+    (sampling loops run in float32).
+    """
+    x_t = tf.convert_to_tensor(x_t, tf.float32)
+    t = tf.cast(t, tf.int32)
+    if not num_classes:
+        return tf.cast(net([x_t, t], training=training), tf.float32)
+    b = tf.shape(x_t)[0]
+    zeros_y = tf.zeros((b, num_classes), x_t.dtype)
+    zeros_m, ones_m = tf.zeros((b, 1), x_t.dtype), tf.ones((b, 1), x_t.dtype)
+    if labels is None:
+        return tf.cast(net([x_t, t, zeros_y, zeros_m], training=training), tf.float32)
+    labels = tf.cast(labels, x_t.dtype)
+    both = tf.cast(net([tf.concat([x_t, x_t], 0), tf.concat([t, t], 0), tf.concat([labels, zeros_y], 0),
+                        tf.concat([ones_m, zeros_m], 0)], training=training), tf.float32)
+    cond, uncond = both[:b], both[b:]
+    return uncond + tf.cast(guidance, x_t.dtype) * (cond - uncond)
+
+
+def ema_update(online_weights, ema_weights, decay, iterations) -> None:
+    """e <- d e + (1 - d) w for each pair, with the usual warm-up d = min(decay, (1 + n) / (10 + n))
+    where n = `iterations` (the optimizer's step count after this step)."""
+    n = tf.cast(iterations, tf.float32)
+    d = tf.minimum(tf.cast(decay, tf.float32), (1.0 + n) / (10.0 + n))
+    for w, e in zip(online_weights, ema_weights):
+        e.assign(d * e + (1.0 - d) * w)

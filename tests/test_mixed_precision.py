@@ -38,7 +38,8 @@ tf = pytest.importorskip("tensorflow")
 from keras_cxr.errors import UserError  # noqa: E402
 from keras_cxr.precision import loss_scale, policy_scope  # noqa: E402
 
-MODELS = ("vae", "gmvae", "fs-gmvae", "lsgan", "lsgan-conditional", "autoencoder-kl", "ldm", "classifier")
+MODELS = ("vae", "gmvae", "fs-gmvae", "lsgan", "lsgan-conditional", "autoencoder-kl", "ldm", "diffusion",
+          "classifier")
 B = 4
 _rng = np.random.default_rng(0)
 IMAGES = _rng.random((B, 16, 16, 1)).astype("float32")
@@ -133,6 +134,15 @@ def build(name, policy=None, jit=False, run_eagerly=False):
             model.denoiser.set_weights([r.normal(0, 0.1, w.shape).astype("float32")
                                         for w in model.denoiser.get_weights()])
             data = (MOMENTS, LABELS)
+        elif name == "diffusion":
+            from keras_cxr.models.pixel_diffusion import PixelDiffusion
+
+            model = PixelDiffusion(image_size=16, widths=(8,), num_res_blocks=1, attention=False, sampling_steps=2,
+                                   ema_decay=0.9)
+            r = np.random.default_rng(1)
+            model.denoiser.set_weights([r.normal(0, 0.1, w.shape).astype("float32")
+                                        for w in model.denoiser.get_weights()])
+            data = (IMAGES * 2.0 - 1.0, LABELS)
         elif name == "classifier":
             from keras_cxr.models.classifier import FindingClassifier
 

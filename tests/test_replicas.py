@@ -48,8 +48,9 @@ the whole step (relative L2 0.87-1.0), and an autoencoder-kl adaptive weight com
 per-replica rather than global gradients moves 41% of them (relative L2 0.04-0.12).
 Each model's initial weights come from a seed of its own name (keras.utils.set_random_seed), so
 a model's result does not depend on which models ran before it in the same process.
-The models run in two subprocesses, four each, side by side (logical devices must be configured
-before TensorFlow initialises; starting TensorFlow once per model would cost more than the steps).
+The models run in two subprocesses, four or five each, side by side (logical devices must be
+configured before TensorFlow initialises; starting TensorFlow once per model would cost more than the
+steps).
 """
 
 import json
@@ -62,7 +63,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL, OFF_MAX, L2_MAX = 1e-4, 0.01, 1e-2
-MODELS = ("vae", "gmvae", "fs-gmvae", "lsgan", "lsgan-conditional", "autoencoder-kl", "ldm", "classifier")
+MODELS = ("vae", "gmvae", "fs-gmvae", "lsgan", "lsgan-conditional", "autoencoder-kl", "ldm", "diffusion", "classifier")
 
 SCRIPT = r'''
 import json, sys, time, zlib
@@ -124,7 +125,7 @@ LABELS = (rng.random((GLOBAL_BATCH, 14)) < 0.3).astype("float32")
 MOMENTS = np.concatenate([rng.standard_normal((GLOBAL_BATCH, 16, 16, 4)),
                           np.full((GLOBAL_BATCH, 16, 16, 4), -3.0)], -1).astype("float32")
 # SGD rates that move the weights by ~1e-2 in one step, far above float32 rounding of the weights
-LR = {"lsgan": 1e-2, "lsgan-conditional": 1e-2, "ldm": 0.1, "classifier": 0.3}
+LR = {"lsgan": 1e-2, "lsgan-conditional": 1e-2, "ldm": 0.1, "diffusion": 0.1, "classifier": 0.3}
 
 
 def sgd(name):
@@ -163,6 +164,15 @@ def build(name):
         model.ema_denoiser.set_weights(model.denoiser.get_weights())
         model.compile(optimizer=sgd(name))
         return model, (MOMENTS, LABELS)
+    if name == "diffusion":  # pixel space: the denoiser randomised as for the LDM, images in [-1, 1]
+        from keras_cxr.models.pixel_diffusion import PixelDiffusion
+        model = PixelDiffusion(image_size=32, widths=(8, 16), num_res_blocks=1, attention=False, sampling_steps=4,
+                               ema_decay=0.9)
+        r = np.random.default_rng(1)
+        model.denoiser.set_weights([r.normal(0, 0.1, w.shape).astype("float32") for w in model.denoiser.get_weights()])
+        model.ema_denoiser.set_weights(model.denoiser.get_weights())
+        model.compile(optimizer=sgd(name))
+        return model, (IMAGES * 2.0 - 1.0, LABELS)
     if name == "classifier":
         from keras_cxr.models.classifier import FindingClassifier
         model = FindingClassifier(image_size=32, width=4, feature_dim=8, dropout=0.0)
@@ -234,7 +244,8 @@ if __name__ == "__main__":
 
 
 # two subprocesses side by side (the time goes into single-threaded tracing), about equal halves
-GROUPS = (("ldm", "lsgan", "fs-gmvae", "vae"), ("autoencoder-kl", "classifier", "lsgan-conditional", "gmvae"))
+GROUPS = (("ldm", "lsgan", "fs-gmvae", "vae"),
+          ("autoencoder-kl", "classifier", "lsgan-conditional", "gmvae", "diffusion"))
 
 
 @pytest.fixture(scope="module")

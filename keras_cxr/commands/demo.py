@@ -10,7 +10,7 @@ from keras_cxr.commands._common import COUNT
 
 HELP = "train a small model on the NIH sample, export it and write a sample grid (what `make demo` runs)"
 
-DEMO_MODELS = ("lsgan", "ldm")
+DEMO_MODELS = ("lsgan", "ldm", "diffusion")
 
 
 def add_arguments(p) -> None:

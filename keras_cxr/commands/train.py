@@ -8,7 +8,7 @@ HELP = "train a generative model into a run folder (rerun the same command to re
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default="lsgan", help="model name (lsgan, vae, gmvae, fs-gmvae, autoencoder-kl, ldm, ...)")
+    p.add_argument("--model", default="lsgan", help="model name (lsgan, vae, gmvae, fs-gmvae, autoencoder-kl, ldm, diffusion, ...)")
     p.add_argument("--preset", default="default", help="named preset of the model (default: 'default')")
     p.add_argument("--run-dir", required=True, metavar="DIR", help="run folder, e.g. runs/lsgan")
     p.add_argument("--autoencoder", metavar="PATH", default=None,

@@ -2,7 +2,8 @@
 
     lsgan.py           LSGAN                 vae.py       VAE          gmvae.py   GMVAE
     fs_gmvae.py        FSGMVAE               autoencoder_kl.py          AutoencoderKL
-    latent_diffusion.py LatentDiffusion      classifier.py FindingClassifier
+    latent_diffusion.py LatentDiffusion      pixel_diffusion.py         PixelDiffusion
+    classifier.py      FindingClassifier
     base.py            GeneratorModel, the contract export / sampling / callbacks rely on
 
 Nothing here knows about configs, data or files: how each model trains (presets, options,

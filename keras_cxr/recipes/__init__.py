@@ -135,6 +135,7 @@ _MODULES = {
     "fs-gmvae": "keras_cxr.recipes.vae",
     "autoencoder-kl": "keras_cxr.recipes.autoencoder_kl",
     "ldm": "keras_cxr.recipes.ldm",
+    "diffusion": "keras_cxr.recipes.diffusion",
     "classifier": "keras_cxr.recipes.classifier",
 }
 MODEL_NAMES = tuple(_MODULES)
