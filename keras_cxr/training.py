@@ -25,7 +25,7 @@ Run folder (`config.run_dir`):
     history.csv            one row per epoch (CSVLogger, appended across resumes)
     logs/train, logs/validation   TensorBoard scalars; logs/samples   sample-grid images
     samples/epoch_XXXX.png SampleGrid every `sample_every` epochs (fixed noise, fixed label rows);
-                           validation (history.csv val_* columns) runs on the same epochs
+                           validation (history.csv val_* columns) runs on the same epochs and the first
     checkpoints/epoch_XXXX.keras  the newest two epoch checkpoints: the first and last epoch of a
                            session, at most one a minute between (callbacks.EpochCheckpoint)
     backup/                BackupAndRestore state while a run is unfinished (deleted at the end)
@@ -410,10 +410,12 @@ def fit_model(model, train_ds, *, config: TrainConfig, steps=None, val_ds=None, 
 
 
 def validation_epochs(epochs: int, every: int) -> list:
-    """The (1-based) epochs `fit` validates on: every `every`-th and the last, the epochs that also get
-    a sample grid. Validation set-up cost ~0.45 s an epoch on the sample (benchmarks/results/fit_path.md)."""
+    """The (1-based) epochs `fit` validates on: the first (history.csv takes its columns from the
+    first row: a later first validation would drop val metrics that training does not log, such as
+    the diffusion models' val_ema_loss), every `every`-th and the last, the epochs that also get a
+    sample grid. Validation set-up cost ~0.45 s an epoch on the sample (benchmarks/results/fit_path.md)."""
     every = max(1, int(every))
-    return sorted({e for e in range(every, epochs + 1, every)} | {epochs})
+    return sorted({1, epochs} | set(range(every, epochs + 1, every)))
 
 
 def config_dict(config: TrainConfig) -> dict:

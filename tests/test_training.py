@@ -117,10 +117,11 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
 def test_validation_epochs_follow_the_sample_grid_and_include_the_last():
     from keras_cxr.training import validation_epochs
 
-    assert validation_epochs(10, 5) == [5, 10]
-    assert validation_epochs(7, 3) == [3, 6, 7]
-    assert validation_epochs(3, 100) == [3]
+    assert validation_epochs(10, 5) == [1, 5, 10]
+    assert validation_epochs(7, 3) == [1, 3, 6, 7]
+    assert validation_epochs(3, 100) == [1, 3]
     assert validation_epochs(4, 1) == [1, 2, 3, 4]
+    assert validation_epochs(1, 5) == [1]
 
 
 def test_epoch_checkpoints_first_last_and_at_most_one_per_interval(sample_dir, tmp_path, monkeypatch):
@@ -130,15 +131,15 @@ def test_epoch_checkpoints_first_last_and_at_most_one_per_interval(sample_dir, t
 
     monkeypatch.setattr(training, "CHECKPOINT_INTERVAL_S", 3600.0)
     config = resolve_config("lsgan", "default", TINY_OVERRIDES, run_dir=str(tmp_path / "run"), data=str(sample_dir),
-                            image_size=32, epochs=3, batch_size=16, max_images=32, sample_every=2)
+                            image_size=32, epochs=4, batch_size=16, max_images=32, sample_every=3)
     run = train(config, overrides=TINY_OVERRIDES, verbose=0)
-    assert sorted(p.name for p in (run / "checkpoints").glob("*.keras")) == ["epoch_0001.keras", "epoch_0003.keras"]
-    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["epoch_0002.png", "epoch_0003.png"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.keras")) == ["epoch_0001.keras", "epoch_0004.keras"]
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["epoch_0003.png", "epoch_0004.png"]
     rows = list(csv.DictReader((run / "history.csv").open()))
-    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
-    # validation on the sample-grid epochs only (2 and the last, 3)
-    assert rows[0]["val_d_loss"] == "NA" and rows[1]["val_d_loss"] != "NA" and rows[2]["val_d_loss"] != "NA"
-    assert float(rows[1]["val_d_loss"]) >= 0
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    # validation on the first epoch, the sample-grid epoch (3) and the last (4), not on epoch 2
+    assert [r["val_d_loss"] == "NA" for r in rows] == [False, True, False, False]
+    assert float(rows[2]["val_d_loss"]) >= 0
 
 
 def test_conditional_sample_grid_has_one_labelled_row_per_finding():
@@ -177,3 +178,21 @@ def test_encoder_dataset_replaces_the_default_pipeline(sample_records, monkeypat
                                             tf.distribute.get_strategy())
     assert calls == [len(sample_records)] and steps == 3 and val_ds is None
     assert len(list(train_ds.take(5))) == 5  # repeated because steps_per_epoch is set
+
+
+def test_gpu_presets_resolve_with_known_options_and_sizes():
+    """The GPU presets (issue 19) are not trained here; their options must at least be the models' own."""
+    from keras_cxr.recipes import GENERATORS, get_recipe
+
+    found = []
+    for name in GENERATORS:
+        recipe = get_recipe(name)
+        for preset in recipe.presets:
+            if preset.startswith("gpu-"):
+                config = resolve_config(name, preset, autoencoder="unused")
+                recipe.check_options(config)  # raises on an unknown model.X / compile.X key
+                assert config.image_size == int(preset.split("-")[1]), (name, preset)
+                found.append(f"{name}:{preset}")
+    for needed in ("lsgan:gpu-128", "lsgan:gpu-256", "autoencoder-kl:gpu-256", "ldm:gpu-256", "diffusion:gpu-128",
+                   "diffusion:gpu-256"):
+        assert needed in found, needed

@@ -31,6 +31,16 @@ PRESETS = {
         "model_kwargs": {"widths": [64, 128, 256], "num_res_blocks": 2, "adversarial_weight": 0.1, "disc_start": 5000},
         "compile_kwargs": {"learning_rate": 2e-4},
     },
+    # 256 px, 32x32x4 latent (three downsamplings), for the LDM's gpu-256 preset. Batch sized for a
+    # 16 GB GPU (x4 on 80 GB). NOT measured on a GPU here (benchmarks/results/gpu.md).
+    "gpu-256": {
+        "image_size": 256,
+        "batch_size": 16,
+        "epochs": 100,
+        "model_kwargs": {"widths": [64, 128, 256, 256], "num_res_blocks": 2, "adversarial_weight": 0.1,
+                         "disc_start": 10000},
+        "compile_kwargs": {"learning_rate": 2e-4},
+    },
 }
 
 

@@ -19,6 +19,22 @@ PRESETS = {
                          "max_filters": 512, "norm": "batch", "g_steps": 3},
         "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
     },
+    # One GPU (issue 19), with adaptive augmentation (the data-limited regime does not go away at 128 px
+    # for rare findings). Batch sized for a 16 GB GPU; on 80 GB pass --batch-size x4 and scale the
+    # learning rates. NOT measured on a GPU here (benchmarks/results/gpu.md): expect keras-io DCGAN-class
+    # throughput, a few hundred img/s at 128 px on a T4.
+    "gpu-128": {
+        "image_size": 128, "batch_size": 64, "epochs": 200, "sample_every": 10,
+        "model_kwargs": {"latent_dim": 128, "noise": "normal", "g_filters": 64, "d_filters": 64, "g_steps": 1,
+                         "norm": "spectral", "ada_target": 0.6, "ada_speed_images": 100000},
+        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
+    },
+    "gpu-256": {
+        "image_size": 256, "batch_size": 32, "epochs": 200, "sample_every": 10,
+        "model_kwargs": {"latent_dim": 128, "noise": "normal", "g_filters": 32, "d_filters": 32, "g_steps": 1,
+                         "norm": "spectral", "ada_target": 0.6, "ada_speed_images": 100000},
+        "compile_kwargs": {"g_learning_rate": 2e-4, "d_learning_rate": 2e-4, "beta_1": 0.5, "beta_2": 0.999},
+    },
     # 14-finding conditional LSGAN (label embedding into G, projection discriminator), 64 px
     "conditional": {
         "image_size": 64, "batch_size": 32, "epochs": 25, "sample_every": 5,
