@@ -196,3 +196,29 @@ def test_gpu_presets_resolve_with_known_options_and_sizes():
     for needed in ("lsgan:gpu-128", "lsgan:gpu-256", "autoencoder-kl:gpu-256", "ldm:gpu-256", "diffusion:gpu-128",
                    "diffusion:gpu-256"):
         assert needed in found, needed
+
+
+def test_fit_traces_the_train_step_once(sample_records):
+    """fit_model builds the optimizer before the first trace (Keras defers it without a strategy,
+    and the variables it then creates inside the trace make TensorFlow trace the step twice)."""
+    import tensorflow as tf
+
+    from keras_cxr.config import TrainConfig
+    from keras_cxr.models.vae import VAE
+    from keras_cxr.training import fit_model
+
+    model = VAE(image_size=32, latent_dim=4, encoder_filters=[4, 8], decoder_filters=[8, 4])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    traces = []
+    step = model.train_step
+
+    def counting(data):  # its Python body runs once per trace
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counting
+    x = np.random.default_rng(0).random((8, 32, 32, 1)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros((8, 14), "float32"))).batch(4).repeat()
+    fit_model(model, ds, config=TrainConfig(epochs=1, sample_every=1), steps=2, verbose=0)
+    assert int(model.optimizer.iterations) == 2
+    assert len(traces) == 1, f"the train step was traced {len(traces)} times"

@@ -183,14 +183,6 @@ class PixelDiffusion(GeneratorModel):
             inputs += [tf.cast(y, tf.float32), mask]
         return inputs, target
 
-    def make_train_function(self, force=False):
-        # Without a distribution strategy Keras builds the optimizer inside the first trace of the
-        # train step; the slot variables made there make tf.function trace the whole step a second
-        # time (measured: half the CPU time of a 2-step fit of the tiny model). Build it eagerly.
-        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
-        return super().make_train_function(force=force)
-
     def train_step(self, data):
         from keras_cxr.distribute import scale_loss
 
