@@ -154,30 +154,10 @@ class LatentDiffusion(GeneratorModel):
 
         labels None -> unconditional (null token); otherwise uncond + guidance * (cond - uncond).
         """
-        # the network's output in float32 whatever the dtype policy: the sampling loop runs in float32
-        def net(inputs, training):
-            return ops.cast((self.ema_denoiser if ema else self.denoiser)(inputs, training=training), "float32")
-
-        z_t = ops.convert_to_tensor(z_t, "float32")
-        t = ops.cast(t, "int32")
-        if not self.conditional:
-            return net([z_t, t], training=training)
-        b = ops.shape(z_t)[0]
-        zeros_y = ops.zeros((b, self.num_classes), z_t.dtype)
-        if labels is None:
-            return net([z_t, t, zeros_y, ops.zeros((b, 1), z_t.dtype)], training=training)
-        labels = ops.cast(labels, z_t.dtype)
-        both = net(
-            [
-                ops.concatenate([z_t, z_t], 0),
-                ops.concatenate([t, t], 0),
-                ops.concatenate([labels, zeros_y], 0),
-                ops.concatenate([ops.ones((b, 1), z_t.dtype), ops.zeros((b, 1), z_t.dtype)], 0),
-            ],
-            training=training,
-        )
-        cond, uncond = both[:b], both[b:]
-        return uncond + ops.cast(guidance, z_t.dtype) * (cond - uncond)
+        net = self.ema_denoiser if ema else self.denoiser
+        return diffusion.guided_prediction(net, z_t, t, labels if self.conditional else None, guidance,
+                                           num_classes=self.num_classes if self.conditional else 0,
+                                           training=training)  # float32 under any dtype policy
 
     def sample_latents(self, noise, labels=None, guidance=None, steps=None, eta=0.0, seed=None):
         """`self.sampler` (DDIM, or DPM-Solver++(2M)) from z_T = noise to scaled z_0 (one tf.while_loop)."""
@@ -273,11 +253,8 @@ class LatentDiffusion(GeneratorModel):
             scaled = scale_loss(loss, self.optimizer)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        # EMA with the usual warm-up: decay_eff = min(decay, (1 + n) / (10 + n))
-        n = ops.cast(self.optimizer.iterations, "float32")
-        decay = ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
-        for w, e in zip(self.denoiser.weights, self.ema_denoiser.weights):
-            e.assign(decay * e + (1.0 - decay) * w)
+        diffusion.ema_update(self.denoiser.weights, self.ema_denoiser.weights, self.ema_decay,
+                             self.optimizer.iterations)  # with the usual warm-up
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
