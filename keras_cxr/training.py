@@ -204,12 +204,11 @@ def make_datasets(config: TrainConfig, recipe, model, records, val_records, stra
     # Always an endless stream with `steps_per_epoch` set: Keras then keeps ONE iterator for the whole
     # run instead of rebuilding the pipeline (and refilling its shuffle and prefetch buffers) every
     # epoch. With whole batches (drop_remainder) an epoch has exactly the steps it had before.
-    repeat = True
     train_ds = encoder_dataset(config, recipe, model, records)
     if train_ds is not None:
-        train_ds = train_ds.repeat() if repeat else train_ds
+        train_ds = train_ds.repeat()
     else:  # repeated before batching (a balanced stream is endless already)
-        train_ds = image_dataset(config, records, model, train=True, repeat=repeat and not config.balance)
+        train_ds = image_dataset(config, records, model, train=True, repeat=not config.balance)
     if not steps:
         steps = len(records) // config.batch_size
     val_ds = None
