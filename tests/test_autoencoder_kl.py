@@ -180,3 +180,114 @@ def test_presets_and_bad_options():
         build_model(TrainConfig(model="autoencoder-kl", model_kwargs={"adversarial_weight": 0.5, "disc_norm": "layer"}))
     with pytest.raises(UserError, match="freq_weight"):
         build_model(TrainConfig(model="autoencoder-kl", model_kwargs={"freq_weight": -1.0}))
+
+
+# --------------------------------------------------------------------------- the MONAI-style discriminator
+def _xy(n=4, size=32, seed=0):
+    return np.random.default_rng(seed).random((n, size, size, 1)).astype("float32"), np.zeros((n, 14), "float32")
+
+
+def test_least_squares_losses_and_chance_values():
+    ls = AutoencoderKL(image_size=32, widths=[8, 16], adversarial_weight=0.01, disc_loss="least_squares", disc_width=8)
+    hinge = AutoencoderKL(image_size=32, widths=[8, 16], adversarial_weight=0.5, disc_width=8)
+    assert (ls.d_chance, hinge.d_chance) == (0.25, 1.0)
+    real, fake = np.full((2, 4, 4, 1), 0.8, "float32"), np.full((2, 4, 4, 1), 0.3, "float32")
+    d, g = (float(v) for v in ls.adversarial_losses(real, fake, fake))
+    np.testing.assert_allclose([d, g], [0.5 * (0.2 ** 2 + 0.3 ** 2), 0.7 ** 2], rtol=1e-6)
+    half = np.full((2, 4, 4, 1), 0.5, "float32")  # a D that cannot tell them apart sits at its chance value
+    np.testing.assert_allclose(float(ls.adversarial_losses(half, half, half)[0]), ls.d_chance, rtol=1e-6)
+    zero = np.zeros((2, 4, 4, 1), "float32")
+    np.testing.assert_allclose(float(hinge.adversarial_losses(zero, zero, zero)[0]), hinge.d_chance, rtol=1e-6)
+
+
+def test_fixed_weights_are_per_pixel_and_wait_for_disc_start():
+    x, y = _xy()
+    kw = dict(image_size=32, widths=[8, 16], disc_width=8, disc_loss="least_squares", adaptive_weight=False,
+              adversarial_weight=0.01)
+    late = AutoencoderKL(disc_start=10, **kw)
+    late.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert float(late.train_step((x, y))["adv_weight"]) == 0.0
+    now = AutoencoderKL(disc_start=0, **kw)
+    now.compile(optimizer=keras.optimizers.Adam(1e-3))
+    np.testing.assert_allclose(float(now.train_step((x, y))["adv_weight"]), 0.01 * 32 * 32, rtol=1e-6)
+
+
+def test_feature_matching_alone_builds_d_and_moves_the_autoencoder():
+    """feature_matching_weight > 0 with adversarial_weight = 0: D exists, fm_loss is logged, and the
+    autoencoder's step differs from the plain one (the FM gradient reaches it) once disc_start passed."""
+    x, y = _xy()
+    fm = AutoencoderKL(image_size=32, widths=[8, 16], disc_width=8, feature_matching_weight=1.0, adaptive_weight=False)
+    plain = AutoencoderKL(image_size=32, widths=[8, 16])
+    assert fm.discriminator is not None and plain.discriminator is None
+    plain.encoder.set_weights(fm.encoder.get_weights())
+    plain.decoder.set_weights(fm.decoder.get_weights())
+    for m in (fm, plain):
+        m.compile(optimizer=keras.optimizers.SGD(1e-4))
+    logs = fm.train_step((x, y))
+    plain.train_step((x, y))
+    assert float(logs["fm_loss"]) > 0 and float(logs["adv_weight"]) == 0.0
+    diffs = [np.abs(a - b).max() for a, b in zip(fm.decoder.get_weights(), plain.decoder.get_weights())]
+    assert max(diffs) > 1e-6, "the feature-matching gradient does not reach the decoder"
+    # the features are D's three LeakyReLU activations
+    _, feats = fm.critic(x, features=True)
+    assert [tuple(f.shape[1:3]) for f in feats] == [(16, 16), (8, 8), (4, 4)]
+
+
+def test_discriminator_optimizer_of_its_own_round_trips(tmp_path):
+    config = TrainConfig(model="autoencoder-kl", image_size=32,
+                         model_kwargs={"widths": [8, 16], "disc_width": 8, "adversarial_weight": 0.01,
+                                       "disc_loss": "least_squares", "adaptive_weight": False},
+                         compile_kwargs={"learning_rate": 1e-3, "d_learning_rate": 2e-3})
+    model = build_model(config)
+    assert model.d_optimizer is not None and float(model.d_optimizer.learning_rate) == pytest.approx(2e-3)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    x, y = _xy()
+    d0 = [w.copy() for w in model.discriminator.get_weights()]
+    for _ in range(2):
+        model.train_step((x, y))
+    assert int(model.d_optimizer.iterations) == 2 and int(model.optimizer.iterations) == 2
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(d0, model.discriminator.get_weights()))
+    model.save(tmp_path / "ae.keras")
+    loaded = keras.saving.load_model(tmp_path / "ae.keras")
+    assert int(loaded.d_optimizer.iterations) == 2 and loaded.d_optimizer.name == "d_adam"
+    for a, b in zip(loaded.d_optimizer.variables + loaded.optimizer.variables,
+                    model.d_optimizer.variables + model.optimizer.variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    with pytest.raises(ValueError, match="d_optimizer"):
+        AutoencoderKL(image_size=32, widths=[8, 16]).compile(optimizer="adam", d_optimizer=keras.optimizers.Adam())
+
+
+def test_disc_augmentation_off_is_the_plain_step_and_ada_p_rises_when_d_overfits():
+    x, y = _xy()
+    kw = dict(image_size=32, widths=[8, 16], disc_width=8, disc_loss="least_squares", adversarial_weight=0.01,
+              adaptive_weight=False, disc_start=0)
+    off, p0 = AutoencoderKL(**kw), AutoencoderKL(disc_augment="translation,cutout,brightness,contrast",
+                                                 disc_augment_p=0.0, **kw)
+    for sub in ("encoder", "decoder", "discriminator"):
+        getattr(p0, sub).set_weights(getattr(off, sub).get_weights())
+    for m in (off, p0):
+        m.compile(optimizer=keras.optimizers.Adam(1e-3))
+        m.train_step((x, y))
+    for a, b in zip(off.get_weights(), p0.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # ADA: a D whose real logits sit far above the 0.5 midpoint gives r_t = 1 > target: p rises
+    ada = AutoencoderKL(disc_ada_target=0.6, **kw)
+    assert ada.disc_augment == ("translation", "cutout", "brightness", "contrast")
+    w, b = ada.discriminator.get_layer("logits").get_weights()
+    ada.discriminator.get_layer("logits").set_weights([w * 0.0, b + 5.0])
+    ada.compile(optimizer=keras.optimizers.SGD(0.0))  # frozen: D keeps overfitting
+    for _ in range(ada.ada.interval):
+        logs = ada.train_step((x, y))
+    assert float(ada.ada.r_t) == 1.0 and float(ada.ada.p) > 0.0 and "aug_p" in logs
+
+
+def test_ls_patch_preset_and_bad_discriminator_options():
+    preset = get_recipe("autoencoder-kl").presets["ls-patch"]
+    assert preset["model_kwargs"]["disc_loss"] == "least_squares" and preset["compile_kwargs"]["d_learning_rate"] == 2e-3
+    for bad, match in (({"disc_loss": "wgan", "adversarial_weight": 0.1}, "disc_loss"),
+                       ({"disc_augment": "translation"}, "disc_augment"),
+                       ({"feature_matching_weight": -1.0}, "feature_matching_weight"),
+                       ({"adversarial_weight": 0.1, "disc_augment": "flip"}, "policy"),
+                       ({"adversarial_weight": 0.1, "disc_augment_p": 2.0}, "disc_augment_p")):
+        with pytest.raises(UserError, match=match):
+            build_model(TrainConfig(model="autoencoder-kl", model_kwargs=bad))

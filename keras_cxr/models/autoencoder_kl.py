@@ -37,6 +37,26 @@ frequency loss of Jiang et al. 2021, `keras_cxr.losses.focal_frequency_loss`, to
 term). A width-64 BatchNorm discriminator with warm-up took the spectrum distance to 0.41, but the
 decoder answered with stripe artefacts and twice the MAE; the other two stayed within the run-to-run
 spread.
+
+The MONAI-style discriminator (Pinaya et al. 2023, MONAI Generative's chest X-ray AutoencoderKL
+tutorial), all options off by default and used together by the `ls-patch` preset:
+- `disc_loss="least_squares"`: D pushes real patch logits to 1 and reconstructions' to 0,
+  d_loss = 0.5 (mean (D(x) - 1)^2 + mean D(x_hat)^2), g_loss = mean (D(x_hat) - 1)^2. Chance (D cannot
+  tell them apart: every logit 0.5) is d_loss = 0.25; for the hinge loss it is 1.0 (`d_chance`).
+- `adaptive_weight=False`: no lambda; the generator terms get FIXED weights in per-pixel units
+  (MONAI's 0.01 for the adversarial term): the objective here sums |x - x_hat| over the H*W*C pixels,
+  so `adversarial_weight` and `feature_matching_weight` are multiplied by H*W*C, i.e. they weigh their
+  (mean) terms against the per-pixel MEAN L1, as in MONAI.
+- `feature_matching_weight`: the perceptual term, mean |f_l(x) - f_l(x_hat)| over D's three
+  intermediate activations f_l (pix2pixHD's feature matching; LPIPS / VGG weights cannot be fetched
+  here), with D's features of the real image held constant. It starts with the adversarial term.
+- `disc_augment` (a DiffAugment policy, keras_cxr/diffaugment.py) with `disc_augment_p`, or ADA's
+  adaptive p with `disc_ada_target`: D sees augmented real and reconstructed images, and the
+  generator's adversarial gradient passes through the same augmentation. ADA's r_t is the sign of
+  each image's mean patch logit minus the midpoint of the targets (0.5 least squares, 0 hinge).
+- A discriminator learning rate of its own: `compile(d_optimizer=...)`, the recipe's
+  `compile.d_learning_rate` (the preset uses 2x the autoencoder's).
+- D warm-up: `disc_warmup=True` as above.
 """
 
 from __future__ import annotations
@@ -47,8 +67,11 @@ from keras import layers, ops
 
 from keras_cxr.losses import focal_frequency_loss, gaussian_kl
 from keras_cxr.models.base import GeneratorModel
-from keras_cxr.precision import builds_under_own_policy, needs_loss_scaling, unscale
+from keras_cxr.precision import builds_under_own_policy, loss_scale_optimizer, needs_loss_scaling, unscale
 from keras_cxr.unet import ResidualBlock, _groups
+
+
+DISC_LOSSES = ("hinge", "least_squares")
 
 
 def l1_reconstruction(x, x_hat):
@@ -137,6 +160,12 @@ class AutoencoderKL(GeneratorModel):
         disc_width=32,
         disc_norm="none",
         disc_warmup=False,
+        disc_loss="hinge",
+        adaptive_weight=True,
+        feature_matching_weight=0.0,
+        disc_augment=None,
+        disc_augment_p=1.0,
+        disc_ada_target=None,
         seed=0,
         **kwargs,
     ):
@@ -147,6 +176,23 @@ class AutoencoderKL(GeneratorModel):
             raise ValueError(f"`disc_norm` must be 'none' or 'batch'. Received: disc_norm={disc_norm!r}")
         if float(freq_weight) < 0:
             raise ValueError(f"`freq_weight` must be >= 0. Received: freq_weight={freq_weight}")
+        if disc_loss not in DISC_LOSSES:
+            raise ValueError(f"`disc_loss` must be one of {DISC_LOSSES}. Received: disc_loss={disc_loss!r}")
+        for name, value in (("adversarial_weight", adversarial_weight), ("feature_matching_weight", feature_matching_weight)):
+            if float(value) < 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+        if not 0.0 <= float(disc_augment_p) <= 1.0:
+            raise ValueError(f"`disc_augment_p` must be in [0, 1]. Received: disc_augment_p={disc_augment_p}")
+        from keras_cxr.diffaugment import POLICY, AdaptiveAugment, parse_policy
+
+        policy = parse_policy(disc_augment)
+        if disc_ada_target is not None and not policy:
+            policy = POLICY
+        uses_disc = float(adversarial_weight) > 0 or float(feature_matching_weight) > 0
+        if (policy or disc_ada_target is not None) and not uses_disc:
+            raise ValueError("`disc_augment` / `disc_ada_target` need the discriminator: set adversarial_weight or "
+                             f"feature_matching_weight > 0. Received: disc_augment={disc_augment!r}, "
+                             f"disc_ada_target={disc_ada_target!r}")
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.conditional = bool(conditional)  # the autoencoder itself ignores labels
@@ -162,6 +208,12 @@ class AutoencoderKL(GeneratorModel):
         self.disc_width = int(disc_width)
         self.disc_norm = str(disc_norm)
         self.disc_warmup = bool(disc_warmup)
+        self.disc_loss = str(disc_loss)
+        self.adaptive_weight = bool(adaptive_weight)
+        self.feature_matching_weight = float(feature_matching_weight)
+        self.disc_augment = policy
+        self.disc_augment_p = float(disc_augment_p)
+        self.disc_ada_target = None if disc_ada_target is None else float(disc_ada_target)
         self.seed = int(seed)
         factor = 2 ** (len(self.widths) - 1)
         if self.image_size % factor:
@@ -169,8 +221,12 @@ class AutoencoderKL(GeneratorModel):
         self.encoder = build_encoder(self.image_size, self.channels, self.widths, self.num_res_blocks, self.latent_channels)
         self.decoder = build_decoder(self.latent_shape, self.channels, self.widths, self.num_res_blocks)
         self.discriminator = (
-            build_patch_discriminator(self.image_size, self.channels, self.disc_width, self.disc_norm) if self.adversarial_weight > 0 else None
+            build_patch_discriminator(self.image_size, self.channels, self.disc_width, self.disc_norm) if uses_disc else None
         )
+        # ADA's p for D's inputs; r_t from the sign of each image's mean patch logit minus the targets' midpoint
+        self.ada = None if self.disc_ada_target is None else AdaptiveAugment(
+            self, target=self.disc_ada_target, threshold=0.5 if self.disc_loss == "least_squares" else 0.0)
+        self.d_optimizer = None  # compile(d_optimizer=...): D's own optimizer; None = the autoencoder's
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.recon_tracker = keras.metrics.Mean(name="recon_loss")
@@ -179,6 +235,9 @@ class AutoencoderKL(GeneratorModel):
         self.d_tracker = keras.metrics.Mean(name="d_loss")
         self.g_tracker = keras.metrics.Mean(name="g_loss")
         self.adv_weight_tracker = keras.metrics.Mean(name="adv_weight")  # adversarial_weight * lambda
+        self.fm_tracker = keras.metrics.Mean(name="fm_loss")  # feature matching (when used)
+        self.aug_trackers = [keras.metrics.Mean(name="aug_p")] + (
+            [keras.metrics.Mean(name="ada_r_t")] if self.ada is not None else []) if self.disc_augment else []
         self.built = True
 
     # ------------------------------------------------------------------ contract
@@ -219,7 +278,16 @@ class AutoencoderKL(GeneratorModel):
         out = [self.loss_tracker, self.recon_tracker, self.kl_tracker, self.mae_tracker]
         if self.discriminator is not None:
             out += [self.d_tracker, self.g_tracker, self.adv_weight_tracker]
+            if self.feature_matching_weight > 0:
+                out.append(self.fm_tracker)
+            out += self.aug_trackers
         return out
+
+    @property
+    def d_chance(self):
+        """d_loss of a discriminator that cannot tell real from reconstructed patches (the best
+        constant logit): 0.25 for least squares, 1.0 for hinge. A D that learns goes below it."""
+        return 0.25 if self.disc_loss == "least_squares" else 1.0
 
     def _losses_for(self, x, training):
         mean, log_var = self.encode_moments(x, training=training)
@@ -234,7 +302,7 @@ class AutoencoderKL(GeneratorModel):
         kl = ops.mean(spatial_gaussian_kl(mean, log_var))
         return x_hat, rec, kl
 
-    def _update(self, x, rec, kl, loss, x_hat, d_loss=None, g_loss=None):
+    def _update(self, x, rec, kl, loss, x_hat, d_loss=None, g_loss=None, fm=None):
         self.loss_tracker.update_state(loss)
         self.recon_tracker.update_state(rec)
         self.kl_tracker.update_state(kl)
@@ -242,7 +310,70 @@ class AutoencoderKL(GeneratorModel):
         if d_loss is not None:
             self.d_tracker.update_state(d_loss)
             self.g_tracker.update_state(g_loss)
+            if fm is not None:
+                self.fm_tracker.update_state(fm)
+            if self.aug_trackers:
+                self.aug_trackers[0].update_state(self.ada.p if self.ada is not None else self.disc_augment_p)
+            if self.ada is not None:
+                self.aug_trackers[1].update_state(self.ada.r_t)
         return {m.name: m.result() for m in self.metrics}
+
+    # ------------------------------------------------------------------ the discriminator's side
+    def augment(self, images):
+        """DiffAugment of D's inputs with the current p (ADA's, or `disc_augment_p`); identity when off."""
+        if not self.disc_augment:
+            return images
+        from keras_cxr.diffaugment import diff_augment
+
+        p = self.ada.p if self.ada is not None else self.disc_augment_p
+        return diff_augment(images, p, self.seed_generator, self.disc_augment, "sigmoid")
+
+    def critic(self, images, features=False):
+        """D's patch logits in float32 (losses in float32 whatever the dtype policy); with
+        `features=True` also its activations after each LeakyReLU (feature matching)."""
+        if not features:
+            return ops.cast(self.discriminator(images, training=True), "float32")
+        h, feats = images, []
+        for layer in self.discriminator.layers[1:]:
+            h = layer(h, training=True)
+            if isinstance(layer, layers.LeakyReLU):
+                feats.append(ops.cast(h, "float32"))
+        return ops.cast(h, "float32"), feats
+
+    def adversarial_losses(self, real_logits, fake_logits_d, fake_logits_g):
+        """(d_loss, g_loss) of `disc_loss` from D's logits on real images, on detached
+        reconstructions (D's step) and on reconstructions (the autoencoder's step)."""
+        if self.disc_loss == "least_squares":
+            d_loss = 0.5 * (ops.mean(ops.square(real_logits - 1.0)) + ops.mean(ops.square(fake_logits_d)))
+            return d_loss, ops.mean(ops.square(fake_logits_g - 1.0))
+        d_loss = 0.5 * (ops.mean(ops.relu(1.0 - real_logits)) + ops.mean(ops.relu(1.0 + fake_logits_d)))
+        return d_loss, -ops.mean(fake_logits_g)
+
+    # ---- compile: D may get an optimizer of its own (restored from .keras via get/compile_from_config)
+    def compile(self, optimizer="rmsprop", d_optimizer=None, **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        if isinstance(d_optimizer, dict):
+            d_optimizer = keras.optimizers.deserialize(d_optimizer)
+        if d_optimizer is not None and self.discriminator is None:
+            raise ValueError("`d_optimizer` needs the discriminator (adversarial_weight or feature_matching_weight > 0)")
+        self.d_optimizer = loss_scale_optimizer(self, d_optimizer)  # mixed_float16: scales its own loss
+        if self.d_optimizer is not None:
+            self.d_optimizer.build(self.discriminator.trainable_variables)
+            # the autoencoder's optimizer on ALL trainable variables now (D's slots stay unused), as
+            # fit (training._build_optimizer) and compile_from_config build it: a .keras file saved after
+            # an eager train_step then loads with the same variable count
+            self.optimizer.build(self.trainable_variables)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config and self.d_optimizer is not None:
+            config["d_optimizer"] = keras.optimizers.serialize(self.d_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:  # as keras.Model.compile_from_config: the optimizer's variables before its weights load
+            self.optimizer.build(self.trainable_variables)
 
     def train_step(self, data):
         # each loss is differentiated / replicas (the optimizer SUM-all-reduces gradients); logs are unscaled
@@ -258,40 +389,62 @@ class AutoencoderKL(GeneratorModel):
             self.optimizer.apply_gradients(zip(tape.gradient(scaled, ae_vars), ae_vars))
             return self._update(x, rec, kl, loss, x_hat)
         d_vars = self.discriminator.trainable_variables
-
-        def critic(images):  # patch logits, float32 whatever the dtype policy (hinge losses in float32)
-            return ops.cast(self.discriminator(images, training=True), "float32")
-
+        d_opt = self.d_optimizer or self.optimizer
+        fm_on = self.feature_matching_weight > 0
         with tf.GradientTape(persistent=True) as tape:
             x_hat, rec, kl = self._losses_for(x, training=True)
             loss = rec + self.kl_weight * kl
-            g_loss = -ops.mean(critic(x_hat))  # hinge, generator side
-            d_loss = 0.5 * (
-                ops.mean(ops.relu(1.0 - critic(x)))
-                + ops.mean(ops.relu(1.0 + critic(ops.stop_gradient(x_hat))))
-            )
-            scaled, g_scaled, d_scaled = (scale_loss(v, self.optimizer) for v in (loss, g_loss, d_loss))
-        # d(loss + c * g_loss) = d loss + c * d g_loss with c held constant: two gradients, one combination
+            real_in = self.augment(x)
+            real_logits = self.critic(real_in)
+            fake_logits_d = self.critic(self.augment(ops.stop_gradient(x_hat)))
+            fake_logits_g = self.critic(self.augment(x_hat))
+            d_loss, g_loss = self.adversarial_losses(real_logits, fake_logits_d, fake_logits_g)
+            fm = None
+            if fm_on:  # unaugmented pairs; D's features of the real image held constant
+                _, f_real = self.critic(x, features=True)
+                _, f_fake = self.critic(x_hat, features=True)
+                fm = ops.mean(ops.stack([ops.mean(ops.abs(ops.stop_gradient(a) - b)) for a, b in zip(f_real, f_fake)]))
+            scaled, g_scaled = (scale_loss(v, self.optimizer) for v in (loss, g_loss))
+            d_scaled = scale_loss(d_loss, d_opt)
+            fm_scaled = scale_loss(fm, self.optimizer) if fm_on else None
+        # d(loss + c * g_loss) = d loss + c * d g_loss with c held constant: one gradient per term, one combination
         rec_grads = tape.gradient(scaled, ae_vars)
         adv_grads = tape.gradient(g_scaled, ae_vars)
+        fm_grads = tape.gradient(fm_scaled, ae_vars, unconnected_gradients="zero") if fm_on else None
         d_grads = tape.gradient(d_scaled, d_vars)
         del tape
         on = ops.cast(self.optimizer.iterations >= self.disc_start, "float32")
-        last = self._output_kernel_index(ae_vars)
-        # lambda from the GLOBAL-batch gradients (summed over replicas), the same on every replica, and
-        # of the losses themselves: divided by the loss scale under mixed_float16 (the 1e-4 is absolute)
-        rec_last, adv_last = (unscale(sum_over_replicas(g[last]), self.optimizer) for g in (rec_grads, adv_grads))
-        lam = ops.clip(ops.norm(ops.reshape(rec_last, (-1,)))
-                       / (ops.norm(ops.reshape(adv_last, (-1,))) + 1e-4), 0.0, 1e4)
-        if needs_loss_scaling(self):  # an overflowed (skipped) float16 step: no inf / NaN in adv_weight
-            lam = ops.where(ops.isfinite(lam), lam, ops.zeros_like(lam))
-        weight = on * self.adversarial_weight * ops.stop_gradient(lam)
+        pixels = float(self.image_size * self.image_size * self.channels)
+        if self.adaptive_weight:
+            last = self._output_kernel_index(ae_vars)
+            # lambda from the GLOBAL-batch gradients (summed over replicas), the same on every replica, and
+            # of the losses themselves: divided by the loss scale under mixed_float16 (the 1e-4 is absolute)
+            rec_last, adv_last = (unscale(sum_over_replicas(g[last]), self.optimizer) for g in (rec_grads, adv_grads))
+            if fm_on:  # the perceptual term is on the reconstruction side of lambda (as LPIPS in taming)
+                rec_last = rec_last + self.feature_matching_weight * pixels * unscale(
+                    sum_over_replicas(fm_grads[last]), self.optimizer)
+            lam = ops.clip(ops.norm(ops.reshape(rec_last, (-1,)))
+                           / (ops.norm(ops.reshape(adv_last, (-1,))) + 1e-4), 0.0, 1e4)
+            if needs_loss_scaling(self):  # an overflowed (skipped) float16 step: no inf / NaN in adv_weight
+                lam = ops.where(ops.isfinite(lam), lam, ops.zeros_like(lam))
+            weight = on * self.adversarial_weight * ops.stop_gradient(lam)
+        else:  # fixed, per-pixel units (the module docstring)
+            weight = on * self.adversarial_weight * pixels
         grads = [r + weight * a for r, a in zip(rec_grads, adv_grads)]
+        if fm_on:
+            grads = [g + (on * self.feature_matching_weight * pixels) * f for g, f in zip(grads, fm_grads)]
         d_on = 1.0 if self.disc_warmup else on  # warm-up: D learns from step 0, G's term still waits for disc_start
-        self.optimizer.apply_gradients(zip(grads + [d_on * g for g in d_grads], ae_vars + d_vars))
+        d_grads = [d_on * g for g in d_grads]
+        if self.d_optimizer is None:
+            self.optimizer.apply_gradients(zip(grads + d_grads, ae_vars + d_vars))
+        else:
+            self.optimizer.apply_gradients(zip(grads, ae_vars))
+            self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
+        if self.ada is not None:  # one heuristic per image: the mean of its patch logits
+            self.ada.update(ops.mean(real_logits, axis=(1, 2, 3)), ops.shape(x)[0])
         self.adv_weight_tracker.update_state(weight)
         # `loss` stays the autoencoder objective (comparable with val_loss); the adversarial part is in g_loss / adv_weight
-        return self._update(x, rec, kl, loss, x_hat, d_loss, g_loss)
+        return self._update(x, rec, kl, loss, x_hat, d_loss, g_loss, fm)
 
     def _output_kernel_index(self, ae_vars):
         kernel = self.decoder.get_layer("images").kernel
@@ -301,7 +454,7 @@ class AutoencoderKL(GeneratorModel):
         x, _ = self.unpack(data)
         x_hat, rec, kl = self._losses_for(x, training=False)
         logs = self._update(x, rec, kl, rec + self.kl_weight * kl, x_hat)
-        return {k: v for k, v in logs.items() if k not in ("d_loss", "g_loss", "adv_weight")}
+        return {k: v for k, v in logs.items() if k not in ("d_loss", "g_loss", "adv_weight", "fm_loss", "aug_p", "ada_r_t")}
 
     def get_config(self):
         return {
@@ -321,5 +474,11 @@ class AutoencoderKL(GeneratorModel):
             "disc_width": self.disc_width,
             "disc_norm": self.disc_norm,
             "disc_warmup": self.disc_warmup,
+            "disc_loss": self.disc_loss,
+            "adaptive_weight": self.adaptive_weight,
+            "feature_matching_weight": self.feature_matching_weight,
+            "disc_augment": ",".join(self.disc_augment) or None,
+            "disc_augment_p": self.disc_augment_p,
+            "disc_ada_target": self.disc_ada_target,
             "seed": self.seed,
         }
