@@ -14,8 +14,10 @@ this module never imports training code. What is measured, per row of the table:
     memorisation),
   * "real floor": B (the best a perfect generator can score at this k),
   * "blurred real": B blurred with a Gaussian of sigma=1 px (what blur alone costs).
-  FID, KID, the spectrum and the memorisation threshold use all of A; SWD and precision / recall,
-  whose values depend on both set sizes, use A's first k images (equal sets).
+  FID, KID and the spectrum use all of A; the memorisation threshold A's first
+  MEMORISATION_REFERENCE_MAX (2,000) images (all of A below that: every split of the NIH sample and
+  of a 10k subset); SWD and precision / recall, whose values depend on both set sizes, use A's
+  first k images (equal sets).
 - metrics: FID and KID on the chosen features (default `auto`: `inception`, the standard FID
   InceptionV3, when `keras-cxr weights fid-inception` has converted its weights, else `cxr`, the
   finding classifier's features; or a .keras model, or none); with `inception` and a classifier,
@@ -284,14 +286,24 @@ def set_metrics(ref: RealReference, key: str, images: np.ndarray, *, batch_size=
     return row
 
 
+# The memorisation threshold (the 99th percentile of held-out images' nearest-training scores) from at
+# most this many images of A (already shuffled with `seed`). Its cost is N_train x the queries, and
+# A grows with the dataset like N_train does: all of A made `evaluate` quadratic in N (about 10 CPU-min
+# for this pass alone at the full 112,120 images, benchmarks/results/scale_rehearsal.md). 2,000
+# leaves 20 images above a 99th percentile; every split of the NIH sample is far smaller.
+MEMORISATION_REFERENCE_MAX = 2000
+
+
 def memorisation_pass(ref: RealReference, query_sets: dict, *, batch_size=256, thumb_size=32, percentile=99.0,
-                      verbose=1, num_pairs=8) -> dict:
-    """One streamed pass over the training split for all query sets; threshold from held-out A."""
+                      verbose=1, num_pairs=8, max_reference=None) -> dict:
+    """One streamed pass over the training split for all query sets; threshold from held-out A's
+    first `max_reference` images (default MEMORISATION_REFERENCE_MAX)."""
     from keras_cxr.metrics.features import extract_features
     from keras_cxr.metrics.memorisation import NearestTrain, flag_fraction
 
+    cap = MEMORISATION_REFERENCE_MAX if max_reference is None else int(max_reference)
     names = ["A"] + list(query_sets)
-    sets = [ref.a] + [query_sets[k] for k in query_sets]
+    sets = [ref.a[:cap]] + [query_sets[k] for k in query_sets]
     sizes = [len(s) for s in sets]
     queries = np.concatenate(sets, axis=0).astype(np.float32) / 255.0
     qf = extract_features(queries, ref.extractor, 64) if ref.extractor is not None else None
@@ -305,7 +317,8 @@ def memorisation_pass(ref: RealReference, query_sets: dict, *, batch_size=256, t
             bar.add(len(batch))
     bounds = np.cumsum([0] + sizes)
     sl = {k: slice(bounds[i], bounds[i + 1]) for i, k in enumerate(names)}
-    out = {"n_train": int(search.seen), "thumb_size": thumb_size, "percentile": percentile, "sets": {},
+    out = {"n_train": int(search.seen), "n_reference": sizes[0], "thumb_size": thumb_size, "percentile": percentile,
+           "sets": {},
            "_scores": {}}  # per-image nearest-train scores (pixel correlation, -feature distance), for the bootstrap
     for k in names:
         out["_scores"][k] = {"pixel": search.best_corr[sl[k]].copy()}
@@ -357,6 +370,8 @@ def bootstrap_intervals(ref: RealReference, sets: dict, rows: dict, mem: dict, *
         return counts[(role, size)]
 
     ref_all, ref_k, paired = draws(0, ref.m), draws(1, k), draws(2, k)
+    mem_a = len(mem["_scores"]["A"]["pixel"])  # the memorisation threshold's part of A (all of A up to the cap)
+    ref_mem = ref_all if mem_a == ref.m else draws(4, mem_a)
     reps = {name: {} for name in sets}
     swd = swd_replicates(ref.cache["swd_boot:A"], {name: ref.cache[f"swd_boot:{key}"] for name, key in sets.items()},
                          ref_k, paired, seed=seed, num_repeats=1, num_directions=SWD_BOOT_DIRECTIONS)
@@ -371,7 +386,7 @@ def bootstrap_intervals(ref: RealReference, sets: dict, rows: dict, mem: dict, *
         scores = mem["_scores"]
         for kind, column in (("pixel", "memorised"), ("features", "memorised_features")):
             if kind in scores[key]:
-                r[column] = _memorised_replicates(scores["A"][kind], scores[key][kind], ref_all, whole, mem["percentile"])
+                r[column] = _memorised_replicates(scores["A"][kind], scores[key][kind], ref_mem, whole, mem["percentile"])
     for name, r in reps.items():
         for column, values in r.items():
             if column in rows[name]:
@@ -563,7 +578,7 @@ def assemble_results(measured: dict, *, out=None, verbose=1, t0=None, _single=Fa
         "rows": measured["rows"],
         "reference_rows": list(measured["reference_rows"]),
         "memorisation": {"percentile": mem["percentile"], "thumb_size": mem["thumb_size"],
-                         "threshold_correlation": None},
+                         "threshold_correlation": None, "reference_images": mem["n_reference"]},
         "models_info": {k: {kk: vv for kk, vv in v.items() if kk != "per_finding_samples"} for k, v in extras.items()},
         "spectra": {"real A": ref.cache["spectrum:A"].tolist(), "real B": ref.cache["spectrum:B"].tolist(),
                     "blurred real": ref.cache["spectrum:blur"].tolist(),

@@ -41,6 +41,49 @@ LEGEND = ("Cells: value [95 % bootstrap interval]. Per column, **bold** = the be
           "(KID: ± its std over subsets).")
 
 
+# Issue 16 item 5: with a few hundred training images diffusion models copy (Dar et al. 2024, arXiv
+# 2402.01054). A model whose memorised share, in pixels or in features, exceeds the real floor's by
+# more than this is not adopted as a default, whatever its SWD.
+MEMORISATION_MARGIN = 0.05
+
+
+def memorisation_gate(results, margin: float = MEMORISATION_MARGIN) -> dict:
+    """{model row: {"adoptable": True | False | None, "why": [...]}} from a results dict (its "rows"
+    and "reference_rows", the real floor first). False: memorised (pixel or features) > the floor's
+    + `margin`; None: no memorised figure to judge by (the row or the floor lacks one)."""
+    rows, refs = results["rows"], list(results.get("reference_rows") or [])
+    floor = rows.get(refs[0], {}) if refs else {}
+    out = {}
+    for name, row in rows.items():
+        if name in refs:
+            continue
+        checked, why = 0, []
+        for key, label in (("memorised", "pixel"), ("memorised_features", "features")):
+            value, base = row.get(key), floor.get(key)
+            if _missing(value) or _missing(base):
+                continue
+            checked += 1
+            if value > base + margin:
+                why.append(f"{label} {value:.3f} > floor {base:.3f} + {margin:g}")
+        out[name] = {"adoptable": (not why) if checked else None, "why": why}
+    return out
+
+
+def memorisation_gate_md(results, margin: float = MEMORISATION_MARGIN) -> str:
+    """One line: which models may become a default by the memorisation gate."""
+    gate = memorisation_gate(results, margin)
+    if not gate:
+        return ""
+    parts = []
+    for name, g in gate.items():
+        if g["adoptable"] is None:
+            parts.append(f"{name}: not judged (no memorised figure)")
+        else:
+            parts.append(f"{name}: {'passes' if g['adoptable'] else 'FAILS (' + '; '.join(g['why']) + ')'}")
+    return (f"Default gate (memorised ≤ real floor + {margin:g}, pixels and features; a model that fails is not "
+            "adopted as a default whatever its SWD): " + ", ".join(parts) + ".")
+
+
 def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -400,7 +443,9 @@ def _md_to_html_lines(md: str) -> str:
 
 
 def _write_docs(results, figures, out: Path, title: str) -> None:
-    body_md = [f"# {title}", "", _header_md(results), "", markdown_table(results), "", HOW_TO_READ,
+    results["memorisation_gate"] = memorisation_gate(results)
+    gate = memorisation_gate_md(results)
+    body_md = [f"# {title}", "", _header_md(results), "", markdown_table(results), "", HOW_TO_READ, "", gate,
                _label_fidelity_md(results), ""]
     for name, (path, caption) in figures.items():
         body_md += [f"![{caption}](figures/{path.name})", f"*{caption}*", ""]
@@ -414,7 +459,7 @@ def _write_docs(results, figures, out: Path, title: str) -> None:
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><ul>{_md_to_html_lines(_header_md(results))}</ul>"
            f"{html_table(results)}{_inline(LEGEND).join(('<p style=font-size:12px>', '</p>')) if _has_intervals(results) else ''}"
-           f"<p>{_inline(HOW_TO_READ)}</p>{_md_to_html_lines(_label_fidelity_md(results))}"
+           f"<p>{_inline(HOW_TO_READ)}</p><p>{_inline(gate)}</p>{_md_to_html_lines(_label_fidelity_md(results))}"
            f"{''.join(figs_html)}<p style='font-size:11px;color:#777'>Real images: NIH Clinical Center ChestX-ray14 "
            "(Wang et al., CVPR 2017). Research use only.</p></body></html>")
     (out / "report.html").write_text(doc, encoding="utf-8")

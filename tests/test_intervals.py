@@ -221,3 +221,51 @@ def test_real_sets_take_every_heldout_image(sample_dir):
     capped = prepare_reference(real=sample_dir, split="val", n=16, image_size=32, features="none", verbose=0,
                                max_train=8, max_real=40)
     assert capped.k == 16 and capped.m == 24 and np.array_equal(capped.a[:10], ref.a[:10])
+
+
+def test_memorisation_gate_keeps_copying_models_from_defaults():
+    """Issue 16 item 5: memorised (pixel or features) above the floor's + 0.05 fails the gate, at or
+    below it passes, and a row without a memorised figure is not judged."""
+    from keras_cxr.report import memorisation_gate, memorisation_gate_md
+
+    results = {"reference_rows": ["real floor", "blurred real"], "rows": {
+        "real floor": {"memorised": 0.02, "memorised_features": 0.01},
+        "blurred real": {"memorised": 0.40},
+        "sharp copier": {"swd": 10.0, "memorised": 0.071, "memorised_features": 0.0},
+        "feature copier": {"memorised": 0.0, "memorised_features": 0.2},
+        "honest": {"memorised": 0.07, "memorised_features": 0.06},
+        "unjudged": {"swd": 50.0}}}
+    gate = memorisation_gate(results)
+    assert set(gate) == {"sharp copier", "feature copier", "honest", "unjudged"}
+    assert [gate[k]["adoptable"] for k in ("sharp copier", "feature copier", "honest", "unjudged")] == [False, False, True, None]
+    assert gate["sharp copier"]["why"] == ["pixel 0.071 > floor 0.020 + 0.05"]
+    assert gate["feature copier"]["why"] == ["features 0.200 > floor 0.010 + 0.05"]
+    assert memorisation_gate(results, margin=0.1)["sharp copier"]["adoptable"] is True
+    line = memorisation_gate_md(results)
+    assert "sharp copier: FAILS (pixel 0.071" in line and "honest: passes" in line and "unjudged: not judged" in line
+
+
+def test_memorisation_threshold_reference_is_capped(reference, sample_records):
+    """The threshold's reference is A's first `max_reference` images (MEMORISATION_REFERENCE_MAX by
+    default: all of A here), so the pass costs N_train x a bounded query count; each image's nearest-
+    training score does not depend on the other queries, and the bootstrap resamples the capped part."""
+    from keras_cxr.evaluation import MEMORISATION_REFERENCE_MAX, bootstrap_intervals, memorisation_pass, set_metrics
+
+    assert MEMORISATION_REFERENCE_MAX >= 1000
+    reference.train_records = sample_records.iloc[100:140].reset_index(drop=True)
+    try:
+        full = memorisation_pass(reference, {"B": reference.b}, verbose=0)
+        capped = memorisation_pass(reference, {"B": reference.b}, verbose=0, max_reference=20)
+    finally:
+        reference.train_records = None
+    assert (full["n_reference"], capped["n_reference"], capped["n_train"]) == (50, 20, 40)
+    np.testing.assert_allclose(capped["_scores"]["A"]["pixel"], full["_scores"]["A"]["pixel"][:20])
+    np.testing.assert_allclose(capped["_scores"]["B"]["pixel"], full["_scores"]["B"]["pixel"])
+    a20 = capped["_scores"]["A"]["pixel"]
+    assert capped["sets"]["B"]["pixel"]["threshold"] == pytest.approx(np.percentile(a20, 99.0))
+    reference.cache = {}
+    rows = {"B": set_metrics(reference, "B", reference.b, num_pairs=50)}
+    rows["B"]["memorised"] = capped["sets"]["B"]["pixel"]["fraction"]
+    bootstrap_intervals(reference, {"B": "B"}, rows, capped, n_boot=20, verbose=0)
+    lo, hi = rows["B"]["memorised_ci"]
+    assert 0.0 <= lo <= hi <= 1.0
