@@ -24,6 +24,7 @@ import os
 from keras_cxr.errors import UserError
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+_MULTIWORKER = []  # the process's one MultiWorkerMirroredStrategy (see get_strategy)
 
 
 def get_strategy(name: str = "default"):
@@ -43,7 +44,13 @@ def get_strategy(name: str = "default"):
         json.loads(tf_config)
     except json.JSONDecodeError as exc:
         raise UserError(f"TF_CONFIG is not valid JSON: {exc}") from None
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    # one per process: a second one re-configures the process's collective ops and numbers its
+    # collectives from the start again, so a second `train` in one process (a stage, then its model)
+    # failed ("Collective instance 100 expected type 1 and data_type 9 but got ... data_type 1",
+    # "Delete called on non-empty BufRendezvous"; tests/test_multiworker.py)
+    if not _MULTIWORKER:
+        _MULTIWORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+    return _MULTIWORKER[0]
 
 
 def worker_info(strategy) -> tuple[str | None, int]:

@@ -36,6 +36,7 @@ Rerunning the same command on an interrupted run resumes from the last finished 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -332,6 +333,14 @@ def _train_locked(config, recipe, strategy, chief, run_dir, overrides, overwrite
         config.model_kwargs["num_classes"] = len(findings)  # staged conditioning on a subset
     if chief:
         prepare_run_dir(config, run_dir, overwrite)
+    elif not run_dir.exists():
+        # a worker ahead of the chief makes the run folder (for its workers/ folder): it marks it as a
+        # run folder, or the chief's check_output would refuse "a folder keras-cxr did not make"
+        from keras_cxr.fileio import write_marker
+
+        with contextlib.suppress(FileExistsError):
+            run_dir.mkdir(parents=True)
+            write_marker(run_dir, "run")
     work_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         model = recipe.build(config)
