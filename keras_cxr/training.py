@@ -231,6 +231,8 @@ def make_callbacks(config: TrainConfig, model, run_dir: Path, work_dir: Path, fi
     # order matters: logs first, the backup last, so a process killed right after the backup has
     # also written that epoch's CSV row, TensorBoard scalars and checkpoint
     out = [cb.TerminateOnNaN(checkpoint_dir=ckpt_dir), cb.DiskSpaceGuard(work_dir)]
+    if cb.loss_scaled_optimizers(model):  # mixed_float16: the loss scale(s) in history.csv / TensorBoard
+        out.insert(0, cb.LossScaleLogger())
     if chief:
         out += [
             cb.HistoryLogger(str(run_dir / "history.csv")),

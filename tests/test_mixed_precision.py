@@ -26,6 +26,7 @@ with and without jit_compile. Grappler graph optimisations are switched off for 
 cost more time than these one-step graphs take to run) and restored after it.
 """
 
+import csv
 import json
 import math
 
@@ -38,8 +39,8 @@ tf = pytest.importorskip("tensorflow")
 from keras_cxr.errors import UserError  # noqa: E402
 from keras_cxr.precision import loss_scale, policy_scope  # noqa: E402
 
-MODELS = ("vae", "gmvae", "fs-gmvae", "lsgan", "lsgan-conditional", "autoencoder-kl", "ldm", "diffusion",
-          "classifier")
+MODELS = ("vae", "gmvae", "fs-gmvae", "lsgan", "lsgan-conditional", "autoencoder-kl", "autoencoder-kl-ls", "ldm",
+          "diffusion", "classifier")  # -ls: the ls-patch preset's options (own D optimizer, feature matching, ADA)
 B = 4
 _rng = np.random.default_rng(0)
 IMAGES = _rng.random((B, 16, 16, 1)).astype("float32")
@@ -124,6 +125,13 @@ def build(name, policy=None, jit=False, run_eagerly=False):
             for v, factor in ((norm.gamma, 0.05), (norm.beta, 0.05), (logits.kernel, 0.06)):
                 v.assign(v * factor)
             data = (IMAGES, LABELS)
+        elif name == "autoencoder-kl-ls":
+            from keras_cxr.models.autoencoder_kl import AutoencoderKL
+
+            model = AutoencoderKL(image_size=16, widths=(4,), disc_start=0, disc_width=4, disc_loss="least_squares",
+                                  adaptive_weight=False, adversarial_weight=0.01, feature_matching_weight=0.1,
+                                  disc_ada_target=0.6, disc_warmup=True)
+            data = (IMAGES, LABELS)
         elif name == "ldm":
             from keras_cxr.models.latent_diffusion import LatentDiffusion
 
@@ -154,6 +162,8 @@ def build(name, policy=None, jit=False, run_eagerly=False):
     common = dict(jit_compile=jit, run_eagerly=run_eagerly)
     if name.startswith("lsgan"):
         model.compile(g_optimizer=keras.optimizers.SGD(1e-2), d_optimizer=keras.optimizers.SGD(1e-2), **common)
+    elif name == "autoencoder-kl-ls":  # compile builds both optimizers
+        model.compile(optimizer=keras.optimizers.SGD(1e-2), d_optimizer=keras.optimizers.SGD(2e-2), **common)
     else:
         model.compile(optimizer=keras.optimizers.SGD(1e-2), **common)
         model.optimizer.build(model.trainable_variables)  # as fit() does; avoids a second trace
@@ -306,6 +316,9 @@ def test_mixed_float16_lsgan_trains_exports_and_samples(sample_dir, tmp_path):
     run_dir = train(config, overrides=overrides, verbose=0)
     assert keras.config.dtype_policy().name == "float32", "training left the global policy changed"
     assert json.loads((run_dir / "config.json").read_text())["mixed_precision"] == "mixed_float16"
+    with open(run_dir / "history.csv") as f:  # callbacks.LossScaleLogger: both optimizers' scales, each epoch
+        row = next(csv.DictReader(f))
+    assert 1.0 <= float(row["g_loss_scale"]) <= 2.0 ** 15 and 1.0 <= float(row["d_loss_scale"]) <= 2.0 ** 15
 
     model = keras.saving.load_model(run_dir / "model.keras")
     assert model.dtype_policy.name == "mixed_float16"
