@@ -19,7 +19,8 @@ PRESETS = {
     # own Adam at 2x the autoencoder's learning rate, learning from step 0 (warm-up) while the
     # autoencoder feels it from step 250 on, fixed weights in per-pixel units (adversarial 0.01 as in
     # MONAI's chest X-ray tutorial, feature matching on D's activations as the perceptual term) and
-    # ADA-tuned DiffAugment on D's inputs. Measured against `default` in benchmarks/results/autoencoder.md.
+    # ADA-tuned DiffAugment on D's inputs. Measured against `default` in benchmarks/results/autoencoder.md:
+    # lower MAE (0.017 vs 0.024) and seed spread, no sharper spectrum (1.26 vs 1.06 +- 0.25), 40 % more CPU.
     "ls-patch": {
         "image_size": 64,
         "batch_size": 16,
