@@ -34,6 +34,10 @@ MODELS = [
     ("fs-gmvae", "fs-gmvae", "default", []),
     ("autoencoder-kl", "autoencoder-kl", "default", []),
     ("ldm", "ldm", "default", ["--autoencoder", "runs/compare/autoencoder-kl"]),
+    ("diffusion", "diffusion", "default", []),  # pixel-space diffusion (keras_cxr/models/pixel_diffusion.py)
+    # the MONAI-style patch discriminator (benchmarks/results/autoencoder.md) and the LDM on its latents
+    ("autoencoder-kl-ls-patch", "autoencoder-kl", "ls-patch", []),
+    ("ldm-ls-patch", "ldm", "default", ["--autoencoder", "runs/compare/autoencoder-kl-ls-patch"]),
 ]
 
 
