@@ -86,19 +86,26 @@ def test_adversarial_variant_updates_discriminator():
     assert any(np.abs(a - b).max() > 0 for a, b in zip(d_before, model.discriminator.get_weights()))
 
 
+def _step_beside_plain_twin(model, x, y, make_optimizer):
+    """One train step of `model` and of a discriminator-less twin with the same autoencoder weights
+    (each with its own `make_optimizer()`): (model's logs, the stepped twin)."""
+    plain = AutoencoderKL(image_size=model.image_size, widths=list(model.widths))
+    plain.encoder.set_weights(model.encoder.get_weights())
+    plain.decoder.set_weights(model.decoder.get_weights())
+    for m in (model, plain):
+        m.compile(optimizer=make_optimizer())
+    logs = model.train_step((x, y))
+    plain.train_step((x, y))
+    return logs, plain
+
+
 def test_adversarial_term_is_off_before_disc_start_and_adaptive_after():
     """Before disc_start the autoencoder's update is exactly the plain one; after it the generator
     term is weighted by adversarial_weight * ||grad rec|| / ||grad adv|| on the output kernel."""
     x = np.random.default_rng(0).random((4, 32, 32, 1)).astype("float32")
     y = np.zeros((4, 14), "float32")
     adv = AutoencoderKL(image_size=32, widths=[8, 16], adversarial_weight=0.5, disc_start=10, disc_width=8)
-    plain = AutoencoderKL(image_size=32, widths=[8, 16])
-    plain.encoder.set_weights(adv.encoder.get_weights())
-    plain.decoder.set_weights(adv.decoder.get_weights())
-    for m in (adv, plain):
-        m.compile(optimizer=keras.optimizers.Adam(1e-3))
-    logs = adv.train_step((x, y))
-    plain.train_step((x, y))
+    logs, plain = _step_beside_plain_twin(adv, x, y, lambda: keras.optimizers.Adam(1e-3))
     assert float(logs["adv_weight"]) == 0.0
     for a, b in zip(adv.encoder.get_weights() + adv.decoder.get_weights(),
                     plain.encoder.get_weights() + plain.decoder.get_weights()):
@@ -217,14 +224,8 @@ def test_feature_matching_alone_builds_d_and_moves_the_autoencoder():
     autoencoder's step differs from the plain one (the FM gradient reaches it) once disc_start passed."""
     x, y = _xy()
     fm = AutoencoderKL(image_size=32, widths=[8, 16], disc_width=8, feature_matching_weight=1.0, adaptive_weight=False)
-    plain = AutoencoderKL(image_size=32, widths=[8, 16])
+    logs, plain = _step_beside_plain_twin(fm, x, y, lambda: keras.optimizers.SGD(1e-4))
     assert fm.discriminator is not None and plain.discriminator is None
-    plain.encoder.set_weights(fm.encoder.get_weights())
-    plain.decoder.set_weights(fm.decoder.get_weights())
-    for m in (fm, plain):
-        m.compile(optimizer=keras.optimizers.SGD(1e-4))
-    logs = fm.train_step((x, y))
-    plain.train_step((x, y))
     assert float(logs["fm_loss"]) > 0 and float(logs["adv_weight"]) == 0.0
     diffs = [np.abs(a - b).max() for a, b in zip(fm.decoder.get_weights(), plain.decoder.get_weights())]
     assert max(diffs) > 1e-6, "the feature-matching gradient does not reach the decoder"
