@@ -52,7 +52,7 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def train_run(preset: str, seed: int, run_dir: Path, data, epochs) -> dict:
+def train_run(preset: str, seed: int, run_dir: Path, data, epochs, sets=()) -> dict:
     done = run_dir / "train.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -62,6 +62,8 @@ def train_run(preset: str, seed: int, run_dir: Path, data, epochs) -> dict:
         cmd += ["--data", str(data)]
     if epochs:
         cmd += ["--epochs", str(epochs)]
+    for kv in sets:
+        cmd += ["--set", kv]
     log(f"[aed] {' '.join(cmd[1:])}")
     run_dir.mkdir(parents=True, exist_ok=True)
     cpu0, t0 = _children_cpu(), time.time()
@@ -70,7 +72,7 @@ def train_run(preset: str, seed: int, run_dir: Path, data, epochs) -> dict:
                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)})
     if rc:
         raise SystemExit(f"[aed] training failed (rc {rc}); see {run_dir / 'train.log'}")
-    info = {"preset": preset, "seed": seed, "cpu_s": _children_cpu() - cpu0, "wall_s": time.time() - t0,
+    info = {"preset": preset + "".join(f" {kv}" for kv in sets), "seed": seed, "cpu_s": _children_cpu() - cpu0, "wall_s": time.time() - t0,
             "command": "keras-cxr " + " ".join(cmd[3:])}
     done.write_text(json.dumps(info, indent=1))
     return info
@@ -194,6 +196,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="the sample's PNG folder (default: as keras-cxr train)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/ae_discriminator"))
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "autoencoder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a `keras-cxr train --set` override for every run (repeatable; a variant of the presets)")
+    p.add_argument("--tag", default="", help="suffix of the run folders, to keep a --set variant apart")
     p.add_argument("--report-only", action="store_true", help="score and write from finished runs only")
     args = p.parse_args(argv)
     from keras_cxr.recipes import get_recipe
@@ -203,13 +208,13 @@ def main(argv=None) -> int:
     runs = []
     for preset in args.presets:
         for seed in args.seeds:
-            d = args.workdir / f"{preset}-s{seed}"
+            d = args.workdir / f"{preset}{'-' + args.tag if args.tag else ''}-s{seed}"
             if args.report_only:
                 if not (d / "train.json").is_file():
                     continue
                 info = json.loads((d / "train.json").read_text())
             else:
-                info = train_run(preset, seed, d, args.data, args.epochs)
+                info = train_run(preset, seed, d, args.data, args.epochs, args.set)
             runs.append({**info, "dir": str(d)})
     if not runs:
         raise SystemExit(f"[aed] no finished runs in {args.workdir}")
