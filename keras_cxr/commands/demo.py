@@ -11,13 +11,19 @@ from keras_cxr.commands._common import COUNT
 HELP = "train a small model on the NIH sample, export it and write a sample grid (what `make demo` runs)"
 
 DEMO_MODELS = ("lsgan", "ldm", "diffusion")
+# Epochs of the demo where they differ from the preset (#16 item 7): the LSGAN is the model that
+# benchmarks/time_to_quality.py picks for the best grid within about 10 minutes on 2 cores (SWD 41 +- 4
+# at 10 CPU-minutes vs 66 +- 3 at 5; benchmarks/results/time_to_quality_10min.md). 220 epochs of the
+# sample's 400 training images are those 10 CPU-minutes (25 epochs: 68 CPU-s, 49 s wall here).
+DEMO_EPOCHS = {"lsgan": 220}
 
 
 def add_arguments(p) -> None:
     p.add_argument("--data", metavar="PATH", default=None,
                    help="folder of NIH PNGs (default: $DATA, ../shared/data/nih_sample, the data home)")
     p.add_argument("--model", default="lsgan", help=f"which model to demo: {', '.join(DEMO_MODELS)} (default lsgan)")
-    p.add_argument("--epochs", type=COUNT, default=None, help="override the preset's epoch count")
+    p.add_argument("--epochs", type=COUNT, default=None,
+                   help="override the epoch count (default: the preset's; lsgan: 220, about 10 CPU-minutes)")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where the run folder goes (default runs)")
     p.add_argument("--saved-models", default="saved_models", metavar="DIR",
                    help="where the export goes (default saved_models)")
@@ -72,7 +78,8 @@ def run(args) -> int:
     from keras_cxr import grids
     from keras_cxr.training import resolve_config, train, train_stages
 
-    config = resolve_config(args.model, "default", run_dir=str(run_dir), data=str(data), epochs=args.epochs)
+    epochs = args.epochs if args.epochs is not None else DEMO_EPOCHS.get(args.model)
+    config = resolve_config(args.model, "default", run_dir=str(run_dir), data=str(data), epochs=epochs)
     config = train_stages(config, Path(args.runs))  # two-stage models (ldm) train their first stage here
     print(f"demo: training {args.model} (preset default, {config.epochs} epochs, {config.image_size} px) "
           f"on {data} -> {run_dir}", flush=True)
