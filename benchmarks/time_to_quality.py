@@ -708,7 +708,6 @@ def collect(args, names, seeds):
 
 
 DEMO_BUDGET_MIN = 10.0  # issue 16 item 7: "the best grid within about 10 minutes on 2 cores"
-DEMO_CANDIDATES = {"lsgan": "lsgan", "diffusion": "diffusion", "ldm": "ldm"}  # benchmark name -> `make demo MODEL=`
 
 
 def demo_default_lines(names, rows, mean_swd, mem_floor, budget_min) -> list:
@@ -716,12 +715,13 @@ def demo_default_lines(names, rows, mean_swd, mem_floor, budget_min) -> list:
     runs, the lowest mean SWD at a checkpoint of at most DEMO_BUDGET_MIN CPU-minutes, skipping any
     whose memorised share exceeds the floor's by more than keras_cxr.report.MEMORISATION_MARGIN
     (item 5: such a model is not adopted as a default whatever its SWD)."""
+    from keras_cxr.commands.demo import DEMO_MODELS  # what `make demo MODEL=` runs (benchmark names alike)
     from keras_cxr.report import MEMORISATION_MARGIN
 
     limit = min(DEMO_BUDGET_MIN, budget_min)
     cands = []
     for name in names:
-        if name not in DEMO_CANDIDATES or not rows.get(name):
+        if name not in DEMO_MODELS or not rows.get(name):
             continue
         for i, rs in rows[name].items():
             cpu = float(np.mean([r["checkpoint"]["cpu_s"] / 60 for r in rs]))
@@ -732,12 +732,12 @@ def demo_default_lines(names, rows, mean_swd, mem_floor, budget_min) -> list:
             cands.append((mean_swd[name][i], name, cpu, mem, gate))
     out = ["", f"## The `make demo` default (issue 16 item 7), by this table", ""]
     if not cands:
-        return out + [f"No checkpoint of a demo model ({', '.join(DEMO_CANDIDATES)}) at ≤ {limit:g} CPU-min here."]
+        return out + [f"No checkpoint of a demo model ({', '.join(DEMO_MODELS)}) at ≤ {limit:g} CPU-min here."]
     for swd, name, cpu, mem, gate in sorted(cands):
         out.append(f"- {name} at {cpu:.1f} CPU-min: SWD {swd:.1f}, memorised {mem:.3f}"
                    + ("" if gate else f" (FAILS the memorisation gate: > floor {mem_floor:.3f} + {MEMORISATION_MARGIN:g})"))
     passing = [c for c in sorted(cands) if c[4]]
-    out += ["", (f"**Pick: `{DEMO_CANDIDATES[passing[0][1]]}`** (lowest SWD at ≤ {limit:g} CPU-min among the demo models "
+    out += ["", (f"**Pick: `{passing[0][1]}`** (lowest SWD at ≤ {limit:g} CPU-min among the demo models "
                  "that pass the memorisation gate)." if passing else "No demo model passes the memorisation gate.")]
     return out
 
